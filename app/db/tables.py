@@ -1,0 +1,247 @@
+"""The tables. One class per table, typed with ``Mapped[...]``; no behaviour beyond relationships.
+
+Key columns at a glance:
+
+* ``Lot.lot_id`` (natural primary key) -> ``Wafer`` (``lot_id``, ``number``) holds the die map
+  -> ``Die`` (``wafer_id``, ``x``, ``y``), unique ``ecid``.
+* ``Signature``: history per die (``die_id``, ``version``); at most one row per die has
+  ``is_current`` (partial unique index ``uq_signature_current_die``).
+* ``Model`` (``name``, ``version``) unique; ``Image`` unique per (``die_id``, ``model_id``,
+  ``signature_id``) and points at a file named by ``content_sha256`` in the image store.
+* ``TestResult``, ``Job`` / ``JobItem``, ``ApiKey`` (``prefix`` unique), ``AuditEvent``,
+  ``IdempotencyRecord`` (``owner``, ``key``) unique.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db.base import Base, utcnow
+
+
+class Role(StrEnum):
+    """API key roles. ``admin`` may do everything; ``viewer`` only reads."""
+
+    viewer = "viewer"
+    station = "station"
+    engineer = "engineer"
+    admin = "admin"
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+def _in(column: str, enum: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(m.value) for m in enum)})"
+
+
+class Lot(Base):
+    __tablename__ = "lot"
+
+    lot_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    product: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    wafers: Mapped[list[Wafer]] = relationship(
+        back_populates="lot", order_by="Wafer.number", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class Wafer(Base):
+    """A wafer and its die map: the (x, y) sites that carry a die."""
+
+    __tablename__ = "wafer"
+    __table_args__ = (
+        UniqueConstraint("lot_id", "number"),
+        CheckConstraint("number BETWEEN 1 AND 99", name="number_range"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lot_id: Mapped[str] = mapped_column(ForeignKey("lot.lot_id", ondelete="CASCADE"))
+    number: Mapped[int]
+    # [[x, y], ...] sorted by (y, x); the shape descriptor it was made from, if any.
+    die_map: Mapped[list[Any]]
+    shape: Mapped[dict[str, Any] | None]
+    n_sites: Mapped[int]
+
+    lot: Mapped[Lot] = relationship(back_populates="wafers", lazy="joined", innerjoin=True)
+
+
+class Die(Base):
+    __tablename__ = "die"
+    __table_args__ = (UniqueConstraint("wafer_id", "x", "y"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    wafer_id: Mapped[int] = mapped_column(ForeignKey("wafer.id", ondelete="CASCADE"))
+    x: Mapped[int]
+    y: Mapped[int]
+    ecid: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    wafer: Mapped[Wafer] = relationship(lazy="joined", innerjoin=True)
+
+
+class Signature(Base):
+    """One characterization of a die. The blob is the estimator's serialized signature."""
+
+    __tablename__ = "signature"
+    __table_args__ = (
+        UniqueConstraint("die_id", "version"),
+        # The schema itself forbids two current signatures for one die, whatever the service does.
+        Index(
+            "uq_signature_current_die",
+            "die_id",
+            unique=True,
+            sqlite_where=text("is_current"),
+            postgresql_where=text("is_current"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    die_id: Mapped[int] = mapped_column(ForeignKey("die.id", ondelete="CASCADE"))
+    version: Mapped[int]
+    is_current: Mapped[bool]
+    blob: Mapped[bytes]
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    reads: Mapped[int]
+    tester_s: Mapped[float]
+    n_dead_cols: Mapped[int]
+    n_stuck_cells: Mapped[int]
+    offset_spread_mac: Mapped[float]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Model(Base):
+    """An uploaded network (the bytes ``app.nn.model.load_model_bytes`` accepts)."""
+
+    __tablename__ = "model"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(32))
+    blob: Mapped[bytes]
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int]
+    class_names: Mapped[list[Any]]
+    software_accuracy: Mapped[float | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Image(Base):
+    """A die-specific weight image: (die, model, signature) -> file ``content_sha256`` in the store."""
+
+    __tablename__ = "image"
+    __table_args__ = (UniqueConstraint("die_id", "model_id", "signature_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    die_id: Mapped[int] = mapped_column(ForeignKey("die.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id"))
+    signature_id: Mapped[int] = mapped_column(ForeignKey("signature.id"))
+    ecid: Mapped[str] = mapped_column(String(64), index=True)
+    signature_sha256: Mapped[str] = mapped_column(String(64))
+    content_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TestResult(Base):
+    """Functional test of a die with one model: accuracy and the bins it earned."""
+
+    __tablename__ = "test_result"
+    __test__ = False  # not a pytest class
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    die_id: Mapped[int] = mapped_column(ForeignKey("die.id", ondelete="CASCADE"), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id"))
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("image.id"))
+    accuracy: Mapped[float]
+    hard_bin: Mapped[int]
+    soft_bin: Mapped[int]
+    test_time_s: Mapped[float]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Job(Base):
+    __tablename__ = "job"
+    __table_args__ = (CheckConstraint(_in("state", JobState), name="state_valid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default=JobState.queued, index=True)
+    params: Mapped[dict[str, Any]]
+    counters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class JobItem(Base):
+    """One step of a batch job on one die (retried up to the job's limit)."""
+
+    __tablename__ = "job_item"
+    __table_args__ = (
+        UniqueConstraint("job_id", "die_id", "step"),
+        CheckConstraint(_in("state", JobState), name="state_valid"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
+    die_id: Mapped[int] = mapped_column(ForeignKey("die.id", ondelete="CASCADE"))
+    step: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default=JobState.queued)
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is stored; ``prefix`` (the key's first characters) finds the row."""
+
+    __tablename__ = "api_key"
+    __table_args__ = (CheckConstraint(_in("role", Role), name="role_valid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_sha256: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(128))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class IdempotencyRecord(Base):
+    """The first response to a POST carrying an ``Idempotency-Key``, replayed on retries."""
+
+    __tablename__ = "idempotency_record"
+    __table_args__ = (UniqueConstraint("owner", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int]
+    response_body: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
