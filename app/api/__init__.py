@@ -1,0 +1,20 @@
+"""HTTP routers. A new resource: write ``app/api/<resource>.py`` with ``router = APIRouter(prefix=...)``
+and add it to :data:`V1_ROUTERS`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api import dies, keys, lots
+from app.api.schemas.common import ERROR_RESPONSES
+
+V1_ROUTERS: tuple[APIRouter, ...] = (lots.router, dies.router, keys.router)
+
+
+def v1_router() -> APIRouter:
+    """Every resource under ``/v1``; each operation documents the shared 401/403/422 error bodies."""
+    v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+    for router in V1_ROUTERS:
+        v1.include_router(router)
+    return v1

@@ -1,0 +1,94 @@
+"""Dependencies every router uses: the session (one unit of work per request), settings, the driver,
+and the caller's identity checked against a role.
+
+Use the ``Annotated`` aliases in endpoint signatures::
+
+    def create_thing(body: ThingIn, session: SessionDep, principal: EngineerAccess) -> ThingOut: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.session import session_scope
+from app.db.tables import Role
+from app.services import auth
+from app.services.auth import Principal
+from hardware.driver import Driver
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """Commit when the endpoint returns, roll back when it raises (before the response is sent)."""
+    with session_scope(request.app.state.session_factory) as session:
+        yield session
+
+
+def get_driver(request: Request) -> Driver:
+    driver: Driver = request.app.state.driver
+    return driver
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+# scope="function": the commit happens before the response goes out, so a failed commit is a failure.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+DriverDep = Annotated[Driver, Depends(get_driver)]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
+_bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token")
+
+
+def current_principal(
+    settings: SettingsDep,
+    session: SessionDep,
+    api_key: Annotated[str | None, Depends(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if not settings.auth_enabled:
+        return auth.ANONYMOUS_ADMIN
+    return auth.authenticate(session, api_key or (bearer.credentials if bearer else None))
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+def require_roles(*roles: Role) -> Callable[[Principal], Principal]:
+    """A dependency passing callers with one of ``roles`` (admin always passes); 401/403 otherwise."""
+    allowed = frozenset(roles)
+
+    def dependency(principal: PrincipalDep) -> Principal:
+        return auth.authorize(principal, allowed)
+
+    return dependency
+
+
+ReadAccess = Annotated[Principal, Depends(require_roles(Role.viewer, Role.station, Role.engineer))]
+StationAccess = Annotated[Principal, Depends(require_roles(Role.station))]
+EngineerAccess = Annotated[Principal, Depends(require_roles(Role.engineer))]
+AdminAccess = Annotated[Principal, Depends(require_roles())]
+
+
+class PageParams(BaseModel):
+    limit: int
+    offset: int
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
+    offset: Annotated[int, Query(ge=0, description="Items to skip.")] = 0,
+) -> PageParams:
+    return PageParams(limit=limit, offset=offset)
+
+
+PageDep = Annotated[PageParams, Depends(page_params)]

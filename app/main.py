@@ -1,0 +1,140 @@
+"""The application factory: ``create_app()`` wires settings, database, driver, routers and the one
+error format ``{"error": {"code", "message", "details"}}``. Serve it with ``cimcal serve``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api import health, v1_router
+from app.config import Settings, get_settings
+from app.db import migrate
+from app.db.session import make_engine, make_session_factory, session_scope
+from app.db.tables import Role
+from app.errors import AppError, hardware_error_details, hardware_error_status
+from app.services import auth
+from app.services.hardware import build_driver
+from hardware.driver import HardwareError
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(
+    status_code: int, code: str, message: str, details: Any = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return error_response(exc.status_code, exc.code, exc.message, exc.details)
+
+
+async def _hardware_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HardwareError)
+    status = hardware_error_status(exc)
+    log.warning("%s %s: hardware error %s: %s", request.method, request.url.path, exc.code, exc)
+    return error_response(status, exc.code, str(exc), hardware_error_details(exc))
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # "input" and "ctx" may hold raw bytes or exception objects: keep what a client can act on.
+    details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return error_response(422, "validation_error", "request validation failed", details)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+    return error_response(503, "database_unavailable", "the database is unavailable; retry later")
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("%s %s: unhandled error", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal server error")
+
+
+def _register_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(HardwareError, _hardware_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(Exception, _unhandled)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine = make_engine(settings.database_url)
+    if settings.auto_migrate:
+        migrate.upgrade(engine)
+    factory = make_session_factory(engine)
+    if settings.bootstrap_admin_key is not None:
+        with session_scope(factory) as session:
+            auth.ensure_key(
+                session,
+                raw_key=settings.bootstrap_admin_key.get_secret_value(),
+                role=Role.admin,
+                name="bootstrap",
+            )
+    driver = build_driver(settings)
+    app.state.engine = engine
+    app.state.session_factory = factory
+    app.state.driver = driver
+    # The driver serves one die at a time: hold this lock around any sequence of driver calls.
+    app.state.driver_lock = threading.Lock()
+    try:
+        yield
+    finally:
+        driver.close()
+        engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="cimcal",
+        version=health.VERSION,
+        summary="Production-test station for computing-in-memory AI chips.",
+        description=(
+            "Characterize dies, compensate networks per die, functional-test and bin them.\n\n"
+            "Authenticate with an API key in `X-API-Key` (or `Authorization: Bearer`). Roles: "
+            "`viewer` reads; `station` characterizes, fetches images, runs functional tests; "
+            "`engineer` manages models, lots and jobs; `admin` manages keys and may do everything.\n\n"
+            'Every error has the body `{"error": {"code", "message", "details"}}`. '
+            "POSTs accept an `Idempotency-Key` header."
+        ),
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings or get_settings()
+    _register_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(v1_router())
+    return app
