@@ -148,7 +148,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('die_id', 'version', name=op.f('uq_signature_die_id_version'))
     )
     op.create_index(op.f('ix_signature_sha256'), 'signature', ['sha256'], unique=False)
-    op.create_index('uq_signature_current_die', 'signature', ['die_id'], unique=True)
+    op.create_index('uq_signature_current_die', 'signature', ['die_id'], unique=True, sqlite_where=sa.text('is_current'), postgresql_where=sa.text('is_current'))
 
     op.create_table('image',
     sa.Column('id', sa.Integer(), nullable=False),
