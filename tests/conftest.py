@@ -74,13 +74,10 @@ def migrated_engine(database_url: str) -> Iterator[Engine]:
 
 
 def _empty_tables(engine: Engine) -> None:
-    tables = list(reversed(Base.metadata.sorted_tables))
+    # DELETE beats TRUNCATE on PostgreSQL for a handful of rows (TRUNCATE rewrites every table).
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text(f"TRUNCATE {', '.join(t.name for t in tables)} RESTART IDENTITY CASCADE"))
-        else:
-            for t in tables:
-                conn.execute(t.delete())
+        for t in reversed(Base.metadata.sorted_tables):
+            conn.execute(t.delete())
 
 
 @pytest.fixture
