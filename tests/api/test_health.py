@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from hardware.driver import NotConnectedError
+from tests.api.helpers import assert_error
+
+
+def test_healthz_and_version(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    v = client.get("/version").json()
+    assert v["name"] == "cimcal" and v["api"] == "v1" and v["driver"] == "simulated" and v["version"]
+
+
+def test_readyz_checks_database_and_driver(client: TestClient) -> None:
+    r = client.get("/readyz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ready", "checks": {"database": "ok", "driver": "ok"}}
+    assert client.app.state.driver.connected  # type: ignore[attr-defined]
+
+
+def test_readyz_is_503_when_the_driver_cannot_connect(client: TestClient) -> None:
+    driver = client.app.state.driver  # type: ignore[attr-defined]
+    driver.close()
+
+    def refuse() -> None:
+        raise NotConnectedError("tester offline")
+
+    driver._connect = refuse
+    error = assert_error(client.get("/readyz"), 503, "not_ready")
+    assert error["details"]["database"] == "ok"
+    assert error["details"]["driver"].startswith("not_connected")
