@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import health, v1_router
+from app.api import dashboard, health, v1_router
 from app.config import Settings, get_settings
 from app.db import migrate
 from app.db.session import make_engine, make_session_factory, session_scope
@@ -137,4 +137,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _register_error_handlers(app)
     app.include_router(health.router)
     app.include_router(v1_router())
+    app.include_router(dashboard.pages)
     return app

@@ -6,10 +6,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api import dies, keys, lots, models
+from app.api import dashboard, dies, exports, keys, lots, models
 from app.api.schemas.common import ERROR_RESPONSES
 
-V1_ROUTERS: tuple[APIRouter, ...] = (lots.router, dies.router, models.router, keys.router)
+V1_ROUTERS: tuple[APIRouter, ...] = (
+    lots.router,
+    dies.router,
+    models.router,
+    keys.router,
+    exports.router,
+    dashboard.router,
+)
 
 
 def v1_router() -> APIRouter:

@@ -1,0 +1,1 @@
+"""Dashboard pages and assets (served by :mod:`app.api.dashboard`)."""

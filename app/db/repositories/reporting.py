@@ -1,0 +1,283 @@
+"""Read-only SQL for dashboards and exports: die sites with their current signature figures, the latest
+functional tests per die, lot yields and bin counts, jobs and their progress.
+
+A test result whose ``image_id`` is NULL ran the uncompensated model (accuracy *before* calibration);
+one with an image ran the die's calibrated weight image (accuracy *after*). A die's *final* result is
+its latest calibrated test, or its latest test of any kind when it has no calibrated one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import case, func, or_, select
+from sqlalchemy.orm import Session, defer
+
+from app.db.tables import Die, Image, Job, JobItem, Model, Signature, TestResult, Wafer
+
+
+@dataclass(frozen=True)
+class DieSite:
+    """A die and the summary figures of its current signature (``None`` when not characterized)."""
+
+    die_id: int
+    ecid: str
+    wafer: int
+    x: int
+    y: int
+    signature_version: int | None
+    reads: int | None
+    tester_s: float | None
+    n_dead_cols: int | None
+    n_stuck_cells: int | None
+    offset_spread_mac: float | None
+    characterized_at: datetime | None
+
+
+@dataclass(frozen=True)
+class LatestTest:
+    """The latest functional test of a die with one model, calibrated or not."""
+
+    test_id: int
+    die_id: int
+    model_id: int
+    model_name: str
+    model_version: str
+    calibrated: bool
+    accuracy: float
+    hard_bin: int
+    soft_bin: int
+    test_time_s: float
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LotCounts:
+    lot_id: str
+    n_dies: int
+    n_characterized: int
+    n_tested: int
+    n_passed: int
+
+
+@dataclass(frozen=True)
+class JobLink:
+    lot_id: str
+    job_id: int
+    kind: str
+    state: str
+    created_at: datetime
+
+
+def _calibrated() -> Any:
+    return case((TestResult.image_id.is_(None), 0), else_=1)
+
+
+def die_sites(session: Session, lot_id: str, wafer: int | None = None) -> list[DieSite]:
+    """Every die of the lot (or of one wafer), ordered by (wafer, y, x)."""
+    stmt = (
+        select(
+            Die.id,
+            Die.ecid,
+            Wafer.number,
+            Die.x,
+            Die.y,
+            Signature.version,
+            Signature.reads,
+            Signature.tester_s,
+            Signature.n_dead_cols,
+            Signature.n_stuck_cells,
+            Signature.offset_spread_mac,
+            Signature.created_at,
+        )
+        .join(Wafer, Die.wafer_id == Wafer.id)
+        .outerjoin(Signature, (Signature.die_id == Die.id) & Signature.is_current)
+        .where(Wafer.lot_id == lot_id)
+        .order_by(Wafer.number, Die.y, Die.x)
+    )
+    if wafer is not None:
+        stmt = stmt.where(Wafer.number == wafer)
+    return [DieSite(*cast(tuple[Any, ...], row)) for row in session.execute(stmt)]
+
+
+def latest_tests(session: Session, lot_id: str, wafer: int | None = None) -> list[LatestTest]:
+    """Per (die, model, calibrated or not): the latest test result, for every die of the lot (or wafer)."""
+    calibrated = _calibrated()
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=(TestResult.die_id, TestResult.model_id, calibrated),
+            order_by=(TestResult.created_at.desc(), TestResult.id.desc()),
+        )
+        .label("rank")
+    )
+    ranked = (
+        select(TestResult.id.label("test_id"), calibrated.label("calibrated"), rank)
+        .join(Die, TestResult.die_id == Die.id)
+        .join(Wafer, Die.wafer_id == Wafer.id)
+        .where(Wafer.lot_id == lot_id)
+    )
+    if wafer is not None:
+        ranked = ranked.where(Wafer.number == wafer)
+    sub = ranked.subquery()
+    stmt = (
+        select(
+            TestResult.id,
+            TestResult.die_id,
+            TestResult.model_id,
+            Model.name,
+            Model.version,
+            sub.c.calibrated,
+            TestResult.accuracy,
+            TestResult.hard_bin,
+            TestResult.soft_bin,
+            TestResult.test_time_s,
+            TestResult.created_at,
+        )
+        .join(sub, sub.c.test_id == TestResult.id)
+        .join(Model, Model.id == TestResult.model_id)
+        .where(sub.c.rank == 1)
+        .order_by(TestResult.die_id, TestResult.created_at, TestResult.id)
+    )
+    return [
+        LatestTest(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10])
+        for r in session.execute(stmt)
+    ]
+
+
+def lot_counts(
+    session: Session, lot_ids: Collection[str], *, pass_bins: tuple[int, int]
+) -> dict[str, LotCounts]:
+    """Dies, characterized dies, tested dies and passing dies (final soft bin within ``pass_bins``,
+    inclusive) per lot."""
+    if not lot_ids:
+        return {}
+    ids = list(lot_ids)
+    dies = dict(
+        session.execute(
+            select(Wafer.lot_id, func.coalesce(func.sum(Wafer.n_sites), 0))
+            .where(Wafer.lot_id.in_(ids))
+            .group_by(Wafer.lot_id)
+        ).all()
+    )
+    characterized = dict(
+        session.execute(
+            select(Wafer.lot_id, func.count(Signature.id))
+            .join(Die, Die.wafer_id == Wafer.id)
+            .join(Signature, (Signature.die_id == Die.id) & Signature.is_current)
+            .where(Wafer.lot_id.in_(ids))
+            .group_by(Wafer.lot_id)
+        ).all()
+    )
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=TestResult.die_id,
+            order_by=(_calibrated().desc(), TestResult.created_at.desc(), TestResult.id.desc()),
+        )
+        .label("rank")
+    )
+    final = (
+        select(Wafer.lot_id.label("lot_id"), TestResult.soft_bin.label("soft_bin"), rank)
+        .join(Die, TestResult.die_id == Die.id)
+        .join(Wafer, Die.wafer_id == Wafer.id)
+        .where(Wafer.lot_id.in_(ids))
+        .subquery()
+    )
+    lo, hi = pass_bins
+    passed = func.sum(case((final.c.soft_bin.between(lo, hi), 1), else_=0))
+    tested = {
+        lot: (int(n), int(p or 0))
+        for lot, n, p in session.execute(
+            select(final.c.lot_id, func.count(), passed).where(final.c.rank == 1).group_by(final.c.lot_id)
+        )
+    }
+    return {
+        lot: LotCounts(
+            lot_id=lot,
+            n_dies=int(dies.get(lot, 0)),
+            n_characterized=int(characterized.get(lot, 0)),
+            n_tested=tested.get(lot, (0, 0))[0],
+            n_passed=tested.get(lot, (0, 0))[1],
+        )
+        for lot in ids
+    }
+
+
+def jobs_for_lots(session: Session, lot_ids: Collection[str]) -> list[JobLink]:
+    """Jobs touching the lots: through their items' dies, or naming the lot in their parameters
+    (``params["lot_id"]`` or ``params["lot"]``). Newest first."""
+    if not lot_ids:
+        return []
+    ids = list(lot_ids)
+    through_items = (
+        select(Wafer.lot_id, Job.id, Job.kind, Job.state, Job.created_at)
+        .join(JobItem, JobItem.job_id == Job.id)
+        .join(Die, Die.id == JobItem.die_id)
+        .join(Wafer, Wafer.id == Die.wafer_id)
+        .where(Wafer.lot_id.in_(ids))
+        .distinct()
+    )
+    named = [Job.params[key].as_string() for key in ("lot_id", "lot")]
+    by_params = select(func.coalesce(*named), Job.id, Job.kind, Job.state, Job.created_at).where(
+        or_(*(n.in_(ids) for n in named))
+    )
+    links = {JobLink(*row) for stmt in (through_items, by_params) for row in session.execute(stmt)}
+    return sorted(links, key=lambda j: (j.created_at, j.job_id), reverse=True)
+
+
+def get_job(session: Session, job_id: int) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def recent_jobs(session: Session, *, limit: int) -> list[Job]:
+    return list(session.scalars(select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)))
+
+
+def job_item_counts(session: Session, job_id: int) -> dict[tuple[str, str], int]:
+    """(step, state) -> number of items."""
+    rows = session.execute(
+        select(JobItem.step, JobItem.state, func.count())
+        .where(JobItem.job_id == job_id)
+        .group_by(JobItem.step, JobItem.state)
+    )
+    return {(step, state): int(n) for step, state, n in rows}
+
+
+def job_item_errors(session: Session, job_id: int, *, limit: int) -> list[tuple[str, str, int, str]]:
+    """(ECID, step, attempts, error) of the job's failed items, most recently updated first."""
+    rows = session.execute(
+        select(Die.ecid, JobItem.step, JobItem.attempts, JobItem.error)
+        .join(Die, Die.id == JobItem.die_id)
+        .where(JobItem.job_id == job_id, JobItem.error.is_not(None))
+        .order_by(JobItem.updated_at.desc(), JobItem.id.desc())
+        .limit(limit)
+    )
+    return [(e, s, int(a), err or "") for e, s, a, err in rows]
+
+
+def tests_for_die(session: Session, die_id: int) -> list[tuple[TestResult, Model]]:
+    """Every functional test of the die with its model (blob not loaded), oldest first."""
+    rows = session.execute(
+        select(TestResult, Model)
+        .options(defer(Model.blob))
+        .join(Model, Model.id == TestResult.model_id)
+        .where(TestResult.die_id == die_id)
+        .order_by(TestResult.created_at, TestResult.id)
+    )
+    return [(t, m) for t, m in rows]
+
+
+def images_for_die(session: Session, die_id: int) -> list[tuple[Image, str, str, int]]:
+    """The die's weight images with model name, model version and signature version, newest first."""
+    rows = session.execute(
+        select(Image, Model.name, Model.version, Signature.version)
+        .join(Model, Model.id == Image.model_id)
+        .join(Signature, Signature.id == Image.signature_id)
+        .where(Image.die_id == die_id)
+        .order_by(Image.created_at.desc(), Image.id.desc())
+    )
+    return [(i, name, version, sig) for i, name, version, sig in rows]

@@ -1,0 +1,160 @@
+"""The records the writers take: plain, frozen dataclasses, filled by the reporting service.
+
+Coordinates are die-grid coordinates as registered (``Die.x``, ``Die.y``). Every export draws them
+the same way: x grows to the right, y grows downward, the notch at the bottom (see docs/exports.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class BinInfo:
+    """A hard or soft bin: its number, name and whether it is a pass grade."""
+
+    number: int
+    name: str
+    passed: bool
+
+
+@dataclass(frozen=True)
+class ParametricTest:
+    """One parametric test of the test plan (an STDF PTR/TSR test number).
+
+    ``lo_limit`` / ``hi_limit`` are the test limits in ``units``; ``None`` means no such limit (the PTR
+    then carries no pass/fail for that side).
+    """
+
+    number: int
+    name: str
+    units: str
+    lo_limit: float | None = None
+    hi_limit: float | None = None
+
+    def passes(self, value: float) -> bool | None:
+        """Whether ``value`` is inside the limits; ``None`` when the test has no limits."""
+        if self.lo_limit is None and self.hi_limit is None:
+            return None
+        return (self.lo_limit is None or value >= self.lo_limit) and (
+            self.hi_limit is None or value <= self.hi_limit
+        )
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """One tested die as an STDF part.
+
+    ``results`` holds ``(test number, value)`` pairs in execution order; a test with no value for this
+    die is simply absent. ``test_time_ms`` is the tester time charged to the die.
+    """
+
+    ecid: str
+    x: int
+    y: int
+    hard_bin: int
+    soft_bin: int
+    passed: bool
+    test_time_ms: int
+    results: tuple[tuple[int, float], ...] = ()
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class WaferResult:
+    """One wafer of a lot with its tested parts (in test order)."""
+
+    number: int
+    wafer_id: str
+    started_at: datetime
+    finished_at: datetime
+    parts: tuple[PartResult, ...]
+
+
+@dataclass(frozen=True)
+class WaferConfig:
+    """Coordinate conventions of the wafer maps (the STDF WCR).
+
+    ``pos_x`` / ``pos_y`` name the direction in which x / y grow ("R"ight, "L"eft, "U"p, "D"own);
+    ``flat`` is where the notch or flat points. ``center_x`` / ``center_y`` are the centre die.
+    """
+
+    pos_x: Literal["R", "L"] = "R"
+    pos_y: Literal["U", "D"] = "D"
+    flat: Literal["U", "D", "L", "R", " "] = "D"
+    center_x: int = 0
+    center_y: int = 0
+
+
+@dataclass(frozen=True)
+class LotResult:
+    """A lot's test data: what one STDF file holds."""
+
+    lot_id: str
+    product: str
+    setup_at: datetime
+    started_at: datetime
+    finished_at: datetime
+    tests: tuple[ParametricTest, ...]
+    wafers: tuple[WaferResult, ...]
+    soft_bins: Mapping[int, BinInfo]
+    hard_bins: Mapping[int, BinInfo]
+    tester_type: str = "cimcal"
+    node_name: str = "cimcal"
+    job_name: str = "cimcal"
+    job_rev: str = ""
+    exec_type: str = "cimcal"
+    exec_ver: str = ""
+    test_code: str = "CAL"
+    wafer_config: WaferConfig = field(default_factory=WaferConfig)
+
+
+@dataclass(frozen=True)
+class WaferBinMap:
+    """One wafer's soft-bin map (what an E142 file holds).
+
+    ``bins`` maps every die site to its soft bin, or to ``None`` for a die that has no functional-test
+    result yet. Sites not in ``bins`` carry no die.
+    """
+
+    lot_id: str
+    wafer_number: int
+    substrate_id: str
+    bins: Mapping[tuple[int, int], int | None]
+    bin_info: Mapping[int, BinInfo]
+    product: str = ""
+
+
+@dataclass(frozen=True)
+class DieRow:
+    """One die's results, flat: a row of the per-die CSV and Parquet tables.
+
+    ``accuracy_before`` / ``accuracy_after`` are fractions (0..1) of the validation set classified
+    correctly by the die running the uncompensated / the die-specific (calibrated) weight image.
+    Bins and test time come from the die's latest calibrated functional test (or, failing that, its
+    latest test of any kind); every field of a step the die has not been through is ``None``.
+    """
+
+    lot_id: str
+    wafer: int
+    x: int
+    y: int
+    ecid: str
+    soft_bin: int | None
+    hard_bin: int | None
+    passed: bool | None
+    model: str | None
+    accuracy_before: float | None
+    accuracy_after: float | None
+    test_time_s: float | None
+    tested_at: datetime | None
+    signature_version: int | None
+    reads: int | None
+    tester_s: float | None
+    n_dead_cols: int | None
+    n_stuck_cells: int | None
+    offset_spread_mac: float | None
+    characterized_at: datetime | None

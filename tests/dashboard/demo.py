@@ -1,0 +1,256 @@
+"""A small demo lot for the dashboard and export tests: circular wafers with dies, signatures, weight
+images, functional tests before and after calibration, and a running job.
+
+Lots and signatures go through the services (``register_lot``, ``record_signature``; signature blobs
+are real :class:`app.calibration.signature.Signature` bytes when that package is present). Models,
+images, test results and jobs have no service yet and are written through the ORM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.db.repositories import models as models_repo
+from app.db.tables import Die, Image, Job, JobItem, JobState, Model, TestResult, Wafer
+from app.services import lots, signatures
+from app.services.lots import WaferSpec, circular_sites
+
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class DieExpect:
+    """What the database holds for one die (for the assertions)."""
+
+    ecid: str
+    wafer: int
+    x: int
+    y: int
+    characterized: bool
+    offset_spread_mac: float | None = None
+    n_dead_cols: int | None = None
+    n_stuck_cells: int | None = None
+    tester_s: float | None = None
+    reads: int | None = None
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    soft_bin: int | None = None
+    hard_bin: int | None = None
+    test_time_s: float | None = None
+
+
+@dataclass
+class DemoLot:
+    lot_id: str
+    wafers: list[int]
+    dies: dict[str, DieExpect] = field(default_factory=dict)
+    job_id: int | None = None
+
+    def on_wafer(self, number: int) -> list[DieExpect]:
+        return [d for d in self.dies.values() if d.wafer == number]
+
+    @property
+    def tested(self) -> list[DieExpect]:
+        return [d for d in self.dies.values() if d.soft_bin is not None]
+
+
+def demo_wafer_specs(n_wafers: int = 3, diameter: int = 8) -> list[WaferSpec]:
+    return [
+        WaferSpec(n, circular_sites(diameter), {"kind": "circular", "diameter": diameter})
+        for n in range(1, n_wafers + 1)
+    ]
+
+
+def register_demo_lot(
+    session: Session, lot_id: str = "DEMO001", n_wafers: int = 3, diameter: int = 8
+) -> None:
+    lots.register_lot(
+        session,
+        lot_id=lot_id,
+        product="KWS-BCIM-1",
+        wafers=demo_wafer_specs(n_wafers, diameter),
+        actor="demo",
+    )
+
+
+def _signature_blob(rng: np.random.Generator, spread: float, n_dead: int, n_stuck: int, ecid: str) -> bytes:
+    try:
+        from app.calibration.signature import Signature, StuckCells
+        from hardware.chip import ChipGeometry
+    except ImportError:
+        return f"demo-signature:{ecid}".encode()
+    g = ChipGeometry(n_macros=4, rows=64, cols=16, spare_cols=2)
+    mp = (g.n_macros, g.phys_cols)
+    dead = np.zeros(mp, bool)
+    dead.reshape(-1)[rng.choice(dead.size, size=n_dead, replace=False)] = True
+    sm = rng.integers(0, g.n_macros, n_stuck)
+    return Signature(
+        geometry=g,
+        gain=1.0 + 0.03 * rng.standard_normal(mp),
+        offset_mac=spread * rng.standard_normal(mp),
+        noise_sigma_mac=np.full(g.n_macros, 1.0),
+        cell_sigma=0.06,
+        cell_residual_sigma=0.06,
+        dead_cols=dead,
+        dead_code=np.zeros(mp, np.int16),
+        stuck=StuckCells(
+            sm,
+            rng.integers(0, g.rows, n_stuck),
+            rng.integers(0, g.phys_cols, n_stuck),
+            np.where(rng.random(n_stuck) < 0.5, -1, 1),
+            np.ones(n_stuck),
+        ),
+        meta={"ecid": ecid},
+    ).to_bytes()
+
+
+def _bins(accuracy_after: float, n_dead: int) -> tuple[int, int]:
+    """(soft, hard): 1 / 2 pass grades, 11 accuracy fail, 12 too many dead columns."""
+    if n_dead > 3:
+        return 12, 2
+    if accuracy_after >= 0.80:
+        return 1, 1
+    if accuracy_after >= 0.70:
+        return 2, 1
+    return 11, 2
+
+
+def add_demo_results(session: Session, lot_id: str = "DEMO001", seed: int = 7) -> DemoLot:
+    """Characterize, calibrate and test most dies of a registered lot; returns what was stored.
+
+    Every 7th die stays untested (not characterized), every 11th is characterized but not tested; one
+    die is a tester alarm (soft bin 0). Offsets spread and accuracy drops toward the wafer edge.
+    """
+    rng = np.random.default_rng(seed)
+    model = models_repo.add(
+        session,
+        Model(
+            name="kws-bnn",
+            version="1.0.0",
+            blob=b"demo",
+            sha256=hashlib.sha256(b"demo").hexdigest(),
+            size_bytes=4,
+            class_names=["yes", "no"],
+            software_accuracy=0.9,
+        ),
+    )
+    dies = list(
+        session.query(Die).join(Wafer).filter(Wafer.lot_id == lot_id).order_by(Wafer.number, Die.y, Die.x)
+    )
+    demo = DemoLot(lot_id=lot_id, wafers=sorted({d.wafer.number for d in dies}))
+    radius = max(math.hypot(d.x, d.y) for d in dies) or 1.0
+    t = T0
+    alarm_done = False
+    job = Job(
+        kind="calibrate", state=JobState.running, params={"lot_id": lot_id}, created_by="demo", created_at=T0
+    )
+    session.add(job)
+    session.flush()
+    demo.job_id = job.id
+    for i, die in enumerate(dies):
+        t += timedelta(seconds=30)
+        wafer = die.wafer.number
+        if i % 7 == 3:
+            demo.dies[die.ecid] = DieExpect(die.ecid, wafer, die.x, die.y, characterized=False)
+            session.add(JobItem(job_id=job.id, die_id=die.id, step="characterize", state=JobState.queued))
+            continue
+        r = math.hypot(die.x, die.y) / radius
+        spread = float(0.8 + 0.6 * r**2 + 0.05 * rng.standard_normal())
+        n_dead = int(rng.poisson(0.6 + 2.0 * r**3))
+        n_stuck = int(rng.poisson(3 + 4 * r))
+        reads = int(20_000 + rng.integers(0, 2_000))
+        tester_s = round(1.5 + 0.3 * rng.random(), 3)
+        sig = signatures.record_signature(
+            session,
+            die_id=die.id,
+            blob=_signature_blob(rng, spread, n_dead, n_stuck, die.ecid),
+            reads=reads,
+            tester_s=tester_s,
+            n_dead_cols=n_dead,
+            n_stuck_cells=n_stuck,
+            offset_spread_mac=spread,
+            actor="demo",
+        )
+        sig.created_at = t
+        session.add(JobItem(job_id=job.id, die_id=die.id, step="characterize", state=JobState.succeeded))
+        if i % 11 == 5:
+            demo.dies[die.ecid] = DieExpect(
+                die.ecid, wafer, die.x, die.y, True, spread, n_dead, n_stuck, tester_s, reads
+            )
+            session.add(JobItem(job_id=job.id, die_id=die.id, step="test", state=JobState.running))
+            continue
+        before = float(np.clip(0.45 - 0.2 * r + 0.05 * rng.standard_normal(), 0.05, 0.95))
+        after = float(np.clip(0.90 - 0.25 * r**2 + 0.03 * rng.standard_normal(), 0.05, 0.99))
+        soft, hard = _bins(after, n_dead)
+        if not alarm_done and wafer == demo.wafers[-1]:
+            soft, hard, alarm_done = 0, 0, True
+        test_time_s = round(0.8 + 0.1 * rng.random(), 3)
+        image = Image(
+            die_id=die.id,
+            model_id=model.id,
+            signature_id=sig.id,
+            ecid=die.ecid,
+            signature_sha256=sig.sha256,
+            content_sha256=hashlib.sha256(f"image:{die.ecid}".encode()).hexdigest(),
+            size_bytes=65_536,
+            created_at=t + timedelta(seconds=5),
+        )
+        session.add(image)
+        session.flush()
+        session.add_all(
+            [
+                TestResult(
+                    die_id=die.id,
+                    model_id=model.id,
+                    image_id=None,
+                    accuracy=before,
+                    hard_bin=2,
+                    soft_bin=11,
+                    test_time_s=test_time_s,
+                    created_at=t + timedelta(seconds=10),
+                ),
+                TestResult(
+                    die_id=die.id,
+                    model_id=model.id,
+                    image_id=image.id,
+                    accuracy=after,
+                    hard_bin=hard,
+                    soft_bin=soft,
+                    test_time_s=test_time_s,
+                    created_at=t + timedelta(seconds=20),
+                ),
+            ]
+        )
+        session.add(JobItem(job_id=job.id, die_id=die.id, step="test", state=JobState.succeeded))
+        demo.dies[die.ecid] = DieExpect(
+            die.ecid,
+            wafer,
+            die.x,
+            die.y,
+            True,
+            spread,
+            n_dead,
+            n_stuck,
+            tester_s,
+            reads,
+            before,
+            after,
+            soft,
+            hard,
+            test_time_s,
+        )
+    session.flush()
+    return demo
+
+
+def build_demo_lot(
+    session: Session, lot_id: str = "DEMO001", n_wafers: int = 3, diameter: int = 8
+) -> DemoLot:
+    register_demo_lot(session, lot_id, n_wafers, diameter)
+    return add_demo_results(session, lot_id)

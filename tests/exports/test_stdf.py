@@ -1,0 +1,226 @@
+"""STDF V4: the writer's records read back by pystdf (an independent reader), and the lot export checked
+field by field against the database."""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.session import session_scope
+from app.exports import stdf
+from app.exports.records import BinInfo, LotResult, ParametricTest, PartResult, WaferResult
+from app.services import reporting
+from tests.dashboard.demo import DemoLot, build_demo_lot
+from tests.exports.pystdf_reader import of_type, read_stdf
+
+T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+ACC = ParametricTest(2, "accuracy", "%", 70.0, 100.0)
+SPREAD = ParametricTest(1, "offset spread", "MAC")
+
+
+def _lot(parts: tuple[PartResult, ...] = ()) -> LotResult:
+    parts = parts or (
+        PartResult("L1-W01-X-001Y+002", -1, 2, 1, 1, True, 1500, ((1, 0.5), (2, 80.0))),
+        PartResult("L1-W01-X+003Y-004", 3, -4, 2, 11, False, 1000, ((2, 50.0),)),
+    )
+    return LotResult(
+        lot_id="L1",
+        product="KWS-BCIM-1",
+        setup_at=T0,
+        started_at=T0,
+        finished_at=T0,
+        tests=(SPREAD, ACC),
+        wafers=(WaferResult(1, "L1-W01", T0, T0, parts),),
+        soft_bins={1: BinInfo(1, "pass grade 1", True), 11: BinInfo(11, "fail bin 11", False)},
+        hard_bins={},
+    )
+
+
+def test_records_read_back_in_order(capsys: pytest.CaptureFixture[str]) -> None:
+    records = read_stdf(stdf.write_stdf(_lot()))
+    assert "Broken header" not in capsys.readouterr().err  # every record's length matches its fields
+    names = [name for name, _ in records]
+    assert names == [
+        "FAR", "MIR", "WCR", "WIR",
+        "PIR", "PTR", "PTR", "PRR",
+        "PIR", "PTR", "PRR",
+        "WRR", "TSR", "TSR", "HBR", "HBR", "SBR", "SBR", "PCR", "MRR",
+    ]  # fmt: skip
+    far = records[0][1]
+    assert (far["CPU_TYPE"], far["STDF_VER"]) == (2, 4)
+    wcr = records[2][1]
+    assert (wcr["POS_X"], wcr["POS_Y"], wcr["WF_FLAT"]) == ("R", "D", "D")
+
+
+def test_ptr_limits_units_and_flags() -> None:
+    ptrs = of_type(read_stdf(stdf.write_stdf(_lot())), "PTR")
+    spread, acc_pass, acc_fail = ptrs
+    # No limits: no pass/fail indication, both limits flagged absent; bit 1 (reserved) set.
+    assert spread["TEST_FLG"] == stdf.NO_PASS_FAIL
+    assert spread["OPT_FLAG"] & 0xC2 == 0xC2
+    assert (spread["UNITS"], spread["TEST_TXT"]) == ("MAC", "offset spread")
+    assert acc_pass["TEST_FLG"] == 0 and acc_fail["TEST_FLG"] == stdf.TEST_FAILED
+    assert acc_pass["OPT_FLAG"] == stdf.OPT_BASE  # both limits valid
+    assert (acc_pass["LO_LIMIT"], acc_pass["HI_LIMIT"], acc_pass["UNITS"]) == (70.0, 100.0, "%")
+    assert acc_pass["RESULT"] == 80.0 and acc_fail["RESULT"] == 50.0
+
+
+def test_summary_records_count_the_parts() -> None:
+    records = read_stdf(stdf.write_stdf(_lot()))
+    (wrr,) = of_type(records, "WRR")
+    assert (wrr["PART_CNT"], wrr["GOOD_CNT"], wrr["WAFER_ID"]) == (2, 1, "L1-W01")
+    sbr = {r["SBIN_NUM"]: r for r in of_type(records, "SBR")}
+    assert {b: (r["SBIN_CNT"], r["SBIN_PF"], r["SBIN_NAM"]) for b, r in sbr.items()} == {
+        1: (1, "P", "pass grade 1"),
+        11: (1, "F", "fail bin 11"),
+    }
+    hbr = {r["HBIN_NUM"]: (r["HBIN_CNT"], r["HBIN_PF"]) for r in of_type(records, "HBR")}
+    assert hbr == {1: (1, "P"), 2: (1, "F")}
+    (pcr,) = of_type(records, "PCR")
+    assert (pcr["PART_CNT"], pcr["GOOD_CNT"]) == (2, 1)
+    tsr = {r["TEST_NUM"]: r for r in of_type(records, "TSR")}
+    assert (tsr[2]["EXEC_CNT"], tsr[2]["FAIL_CNT"], tsr[2]["TEST_MIN"], tsr[2]["TEST_MAX"]) == (
+        2,
+        1,
+        50.0,
+        80.0,
+    )
+    assert tsr[2]["TEST_NAM"] == "accuracy"
+
+
+@pytest.mark.parametrize(
+    ("part", "field"),
+    [
+        (PartResult("E", 40_000, 0, 1, 1, True, 0), "X_COORD"),
+        (PartResult("E", 0, 0, 1, 70_000, True, 0), "SOFT_BIN"),
+    ],
+)
+def test_values_that_do_not_fit_are_refused(part: PartResult, field: str) -> None:
+    with pytest.raises(stdf.StdfError, match=field):
+        stdf.write_stdf(_lot((part,)))
+
+
+def test_result_for_a_test_outside_the_plan_is_refused() -> None:
+    with pytest.raises(stdf.StdfError, match="test 99"):
+        stdf.write_stdf(_lot((PartResult("E", 0, 0, 1, 1, True, 0, ((99, 1.0),)),)))
+
+
+def test_records_match_the_semi_ate_encoder() -> None:
+    """A second, independent STDF writer packs the same PTR and PRR to the same bytes."""
+    semi = pytest.importorskip("Semi_ATE.STDF")
+    ptr = semi.PTR(endian="<")
+    for k, v in {
+        "TEST_NUM": 2, "HEAD_NUM": 1, "SITE_NUM": 1, "TEST_FLG": 0, "PARM_FLG": 0, "RESULT": 80.0,
+        "TEST_TXT": "accuracy", "ALARM_ID": "", "OPT_FLAG": stdf.OPT_BASE, "RES_SCAL": 0, "LLM_SCAL": 0,
+        "HLM_SCAL": 0, "LO_LIMIT": 70.0, "HI_LIMIT": 100.0, "UNITS": "%", "C_RESFMT": "", "C_LLMFMT": "",
+        "C_HLMFMT": "", "LO_SPEC": 0.0, "HI_SPEC": 0.0,
+    }.items():  # fmt: skip
+        ptr.set_value(k, v)
+    assert ptr.__repr__() == stdf.ptr(ACC, 80.0)  # Semi-ATE packs through __repr__
+    prr = semi.PRR(endian="<")
+    for k, v in {
+        "HEAD_NUM": 1, "SITE_NUM": 1, "PART_FLG": stdf.PART_FAILED, "NUM_TEST": 1, "HARD_BIN": 2,
+        "SOFT_BIN": 11, "X_COORD": 3, "Y_COORD": -4, "TEST_T": 1000, "PART_ID": "E2", "PART_TXT": "",
+        "PART_FIX": [],
+    }.items():  # fmt: skip
+        prr.set_value(k, v)
+    assert prr.__repr__() == stdf.prr(PartResult("E2", 3, -4, 2, 11, False, 1000, ((2, 50.0),)), 1)
+
+
+# ------------------------------------------------------------------------------------ lot export
+@pytest.fixture
+def demo(session_factory: sessionmaker[Session]) -> DemoLot:
+    with session_scope(session_factory) as s:
+        return build_demo_lot(s)
+
+
+def _f32(v: float) -> float:
+    return float(struct.unpack("<f", struct.pack("<f", v))[0])
+
+
+def test_lot_stdf_matches_the_database(
+    client: TestClient, as_role: Callable[[str], dict[str, str]], demo: DemoLot
+) -> None:
+    r = client.get("/v1/lots/DEMO001/stdf", headers=as_role("viewer"))
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert 'filename="DEMO001.stdf"' in r.headers["content-disposition"]
+    assert r.content[:6] == struct.pack("<HBBBB", 2, 0, 10, 2, 4)  # FAR: little-endian, V4
+    records = read_stdf(r.content)
+    counts = Counter(name for name, _ in records)
+    tested = demo.tested
+    assert counts["FAR"] == counts["MIR"] == counts["MRR"] == counts["WCR"] == counts["PCR"] == 1
+    assert counts["WIR"] == counts["WRR"] == len(demo.wafers)
+    assert counts["PIR"] == counts["PRR"] == len(tested)
+    assert counts["TSR"] == len(reporting.TEST_PLAN)
+    # Characterized dies carry 5 signature figures, tested ones 2 accuracies.
+    assert counts["PTR"] == 7 * len(tested)
+    (mir,) = of_type(records, "MIR")
+    assert (mir["LOT_ID"], mir["PART_TYP"]) == ("DEMO001", "KWS-BCIM-1")
+
+    # Walk the parts: every PRR closes the PTRs since its PIR.
+    by_ecid: dict[str, tuple[dict[str, Any], dict[int, dict[str, Any]]]] = {}
+    wafer_of_part: dict[str, str] = {}
+    current_wafer = ""
+    ptrs: dict[int, dict[str, Any]] = {}
+    for name, fields in records:
+        if name == "WIR":
+            current_wafer = str(fields["WAFER_ID"])
+        elif name == "PIR":
+            ptrs = {}
+        elif name == "PTR":
+            ptrs[int(fields["TEST_NUM"])] = fields
+        elif name == "PRR":
+            by_ecid[str(fields["PART_ID"])] = (fields, ptrs)
+            wafer_of_part[str(fields["PART_ID"])] = current_wafer
+    assert set(by_ecid) == {d.ecid for d in tested}
+    for d in tested:
+        prr, tests = by_ecid[d.ecid]
+        assert wafer_of_part[d.ecid] == f"DEMO001-W{d.wafer:02d}"
+        assert (prr["X_COORD"], prr["Y_COORD"]) == (d.x, d.y)
+        assert (prr["SOFT_BIN"], prr["HARD_BIN"]) == (d.soft_bin, d.hard_bin)
+        assert d.soft_bin is not None
+        assert bool(int(prr["PART_FLG"]) & stdf.PART_FAILED) == (not 1 <= d.soft_bin <= 9)
+        assert d.tester_s is not None and d.test_time_s is not None
+        assert prr["TEST_T"] == round(1000 * (d.tester_s + d.test_time_s))
+        assert prr["NUM_TEST"] == len(tests) == 7
+        assert d.accuracy_before is not None and d.accuracy_after is not None
+        expected = {
+            reporting.TEST_OFFSET_SPREAD.number: d.offset_spread_mac,
+            reporting.TEST_DEAD_COLS.number: d.n_dead_cols,
+            reporting.TEST_STUCK_CELLS.number: d.n_stuck_cells,
+            reporting.TEST_CHAR_TIME.number: d.tester_s,
+            reporting.TEST_CHAR_READS.number: d.reads,
+            reporting.TEST_ACC_BEFORE.number: 100 * d.accuracy_before,
+            reporting.TEST_ACC_AFTER.number: 100 * d.accuracy_after,
+        }
+        for number, value in expected.items():
+            assert value is not None
+            assert tests[number]["RESULT"] == pytest.approx(_f32(float(value)), rel=1e-6), (d.ecid, number)
+        after = tests[reporting.TEST_ACC_AFTER.number]
+        assert (after["LO_LIMIT"], after["HI_LIMIT"], after["UNITS"]) == (
+            reporting.ACCURACY_LSL_PCT,
+            100.0,
+            "%",
+        )
+        assert bool(int(after["TEST_FLG"]) & stdf.TEST_FAILED) == (
+            100 * d.accuracy_after < reporting.ACCURACY_LSL_PCT
+        )
+        assert tests[reporting.TEST_OFFSET_SPREAD.number]["UNITS"] == "MAC"
+
+    sbr = {int(r["SBIN_NUM"]): int(r["SBIN_CNT"]) for r in of_type(records, "SBR")}
+    assert sbr == dict(Counter(d.soft_bin for d in tested))
+    hbr = {int(r["HBIN_NUM"]): int(r["HBIN_CNT"]) for r in of_type(records, "HBR")}
+    assert hbr == dict(Counter(d.hard_bin for d in tested))
+    for w in of_type(records, "WRR"):
+        number = int(str(w["WAFER_ID"])[-2:])
+        on_wafer = [d for d in tested if d.wafer == number]
+        assert w["PART_CNT"] == len(on_wafer)
+        assert w["GOOD_CNT"] == sum(1 <= (d.soft_bin or 0) <= 9 for d in on_wafer)
