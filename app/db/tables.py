@@ -70,11 +70,11 @@ class Wafer(Base):
     lot_id: Mapped[str] = mapped_column(ForeignKey("lot.lot_id", ondelete="CASCADE"))
     number: Mapped[int]
     # [[x, y], ...] sorted by (y, x); the shape descriptor it was made from, if any.
-    die_map: Mapped[list[Any]]
+    die_map: Mapped[list[Any]] = mapped_column(deferred=True)  # large: loaded only where asked for
     shape: Mapped[dict[str, Any] | None]
     n_sites: Mapped[int]
 
-    lot: Mapped[Lot] = relationship(back_populates="wafers", lazy="joined", innerjoin=True)
+    lot: Mapped[Lot] = relationship(back_populates="wafers")
 
 
 class Die(Base):

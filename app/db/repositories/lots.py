@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from app.db.tables import Die, Lot, Wafer
 
@@ -51,4 +51,5 @@ def search(
 
 
 def get_wafer(session: Session, lot_id: str, number: int) -> Wafer | None:
-    return session.scalar(select(Wafer).where(Wafer.lot_id == lot_id, Wafer.number == number))
+    stmt = select(Wafer).options(undefer(Wafer.die_map))
+    return session.scalar(stmt.where(Wafer.lot_id == lot_id, Wafer.number == number))
