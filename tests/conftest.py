@@ -99,27 +99,42 @@ def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
         yield s
 
 
-@pytest.fixture
-def settings(engine: Engine, tmp_path: Path) -> Settings:
+def _test_settings(database_url: str, tmp: Path) -> Settings:
     return Settings(
-        database_url=engine.url.render_as_string(hide_password=False),
+        database_url=database_url,
         auto_migrate=False,  # migrated once per session above; tests/db checks the start-up upgrade
-        cache_dir=tmp_path / "cache",
-        image_store_dir=tmp_path / "images",
+        cache_dir=tmp / "cache",
+        image_store_dir=tmp / "images",
         auth_enabled=True,
         bootstrap_admin_key=None,
     )
 
 
-@pytest.fixture
-def app(settings: Settings) -> FastAPI:
-    return create_app(settings)
+@pytest.fixture(scope="session")
+def _running_app(migrated_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """One started app per backend: building and starting an app per test would dominate the run."""
+    url = migrated_engine.url.render_as_string(hide_password=False)
+    with TestClient(create_app(_test_settings(url, tmp_path_factory.mktemp("app")))) as client:
+        yield client
 
 
 @pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as c:
-        yield c
+def settings(engine: Engine, tmp_path: Path) -> Settings:
+    return _test_settings(engine.url.render_as_string(hide_password=False), tmp_path)
+
+
+@pytest.fixture
+def app(_running_app: TestClient, settings: Settings) -> FastAPI:
+    """The started app, with fresh settings for this test (tests may change ``app.state.settings``)."""
+    app = _running_app.app
+    assert isinstance(app, FastAPI)
+    app.state.settings = settings
+    return app
+
+
+@pytest.fixture
+def client(_running_app: TestClient, app: FastAPI) -> TestClient:
+    return _running_app
 
 
 @pytest.fixture

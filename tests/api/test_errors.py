@@ -34,16 +34,16 @@ def failing_app(app: FastAPI) -> FastAPI:
     def crash() -> None:
         raise RuntimeError("secret internals /etc/passwd")
 
-    app.add_api_route("/test/hardware/{i}", hardware)
-    app.add_api_route("/test/crash", crash)
+    if not any(getattr(r, "path", "") == "/test/crash" for r in app.routes):  # the app is shared
+        app.add_api_route("/test/hardware/{i}", hardware)
+        app.add_api_route("/test/crash", crash)
     return app
 
 
 @pytest.mark.parametrize("i", range(len(HARDWARE_CASES)), ids=[c[2] for c in HARDWARE_CASES])
 def test_hardware_errors_map_to_statuses(failing_app: FastAPI, i: int) -> None:
     _, status, code = HARDWARE_CASES[i]
-    with TestClient(failing_app) as client:
-        error = assert_error(client.get(f"/test/hardware/{i}"), status, code)
+    error = assert_error(TestClient(failing_app).get(f"/test/hardware/{i}"), status, code)
     if code == "hardware_timeout":
         assert error["details"] == {"op": "read_macro", "timeout_s": 2.0}
     if code == "protocol_error":
@@ -51,8 +51,7 @@ def test_hardware_errors_map_to_statuses(failing_app: FastAPI, i: int) -> None:
 
 
 def test_unhandled_errors_are_500_without_internals(failing_app: FastAPI) -> None:
-    with TestClient(failing_app, raise_server_exceptions=False) as client:
-        r = client.get("/test/crash")
+    r = TestClient(failing_app, raise_server_exceptions=False).get("/test/crash")
     error = assert_error(r, 500, "internal_error")
     assert "secret" not in r.text and "Traceback" not in r.text and error["details"] is None
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from hardware.driver import NotConnectedError
@@ -19,14 +20,16 @@ def test_readyz_checks_database_and_driver(client: TestClient) -> None:
     assert client.app.state.driver.connected  # type: ignore[attr-defined]
 
 
-def test_readyz_is_503_when_the_driver_cannot_connect(client: TestClient) -> None:
+def test_readyz_is_503_when_the_driver_cannot_connect(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     driver = client.app.state.driver  # type: ignore[attr-defined]
     driver.close()
 
     def refuse() -> None:
         raise NotConnectedError("tester offline")
 
-    driver._connect = refuse
+    monkeypatch.setattr(driver, "_connect", refuse)
     error = assert_error(client.get("/readyz"), 503, "not_ready")
     assert error["details"]["database"] == "ok"
     assert error["details"]["driver"].startswith("not_connected")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -53,7 +52,6 @@ def test_errors_are_documented_with_the_one_error_body() -> None:
             assert schema["$ref"].endswith("/ErrorBody"), f"{method} {path}"
 
 
-def test_docs_are_served(app: FastAPI) -> None:
-    with TestClient(app) as client:
-        assert client.get("/docs").status_code == 200
-        assert client.get("/openapi.json").json()["info"]["title"] == "cimcal"
+def test_docs_are_served(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    assert client.get("/openapi.json").json()["info"]["title"] == "cimcal"
