@@ -3,11 +3,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.config import Settings
 from app.db.session import session_scope
 from app.db.tables import ApiKey, AuditEvent, Role
+from app.main import create_app
 from tests.api.helpers import assert_error
 
 Headers = Callable[[Role], dict[str, str]]
@@ -57,3 +60,12 @@ def test_key_errors(client: TestClient, as_role: Headers) -> None:
     assert_error(
         client.post("/v1/keys", json={"role": "viewer", "name": ""}, headers=admin), 422, "validation_error"
     )
+
+
+def test_bootstrap_admin_key_from_settings(settings: Settings) -> None:
+    key = "cim_bootstrp_" + "b" * 40
+    configured = settings.model_copy(update={"bootstrap_admin_key": SecretStr(key)})
+    for _ in range(2):  # a restart with the same key is fine
+        with TestClient(create_app(configured)) as client:
+            r = client.post("/v1/keys", json={"role": "viewer", "name": "v"}, headers={"X-API-Key": key})
+            assert r.status_code == 201, r.text
