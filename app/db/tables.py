@@ -179,6 +179,7 @@ class Job(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16), default=JobState.queued, index=True)
+    lot_id: Mapped[str | None] = mapped_column(String(32), index=True)
     params: Mapped[dict[str, Any]]
     counters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_by: Mapped[str] = mapped_column(String(64))
@@ -188,12 +189,18 @@ class Job(Base):
 
 
 class JobItem(Base):
-    """One step of a batch job on one die (retried up to the job's limit)."""
+    """One step of a batch job on one die (retried up to the job's limit).
+
+    A worker claims an item by setting ``state='running'`` and ``claimed_by``; it refreshes
+    ``heartbeat_at`` while it works, and a running item whose heartbeat is older than the lease may
+    be claimed again (its worker died). See ``docs/jobs.md``.
+    """
 
     __tablename__ = "job_item"
     __table_args__ = (
         UniqueConstraint("job_id", "die_id", "step"),
         CheckConstraint(_in("state", JobState), name="state_valid"),
+        Index("ix_job_item_job_id_state", "job_id", "state"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -204,6 +211,10 @@ class JobItem(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(96))
+    heartbeat_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
 
 
 class ApiKey(Base):
