@@ -136,9 +136,14 @@ def _final(tests: Sequence[LatestTest]) -> LatestTest | None:
 
 def _before(tests: Sequence[LatestTest], final: LatestTest | None) -> LatestTest | None:
     """The latest uncompensated test, preferring the final result's model."""
-    baseline = [t for t in tests if not t.calibrated]
-    same_model = [t for t in baseline if final is not None and t.model_id == final.model_id]
-    return max(same_model or baseline, key=lambda t: (t.created_at, t.test_id), default=None)
+    best: tuple[tuple[bool, datetime, int], LatestTest] | None = None
+    for t in tests:
+        if t.calibrated:
+            continue
+        key = (final is not None and t.model_id == final.model_id, t.created_at, t.test_id)
+        if best is None or key > best[0]:
+            best = (key, t)
+    return None if best is None else best[1]
 
 
 def _die_row(lot_id: str, site: DieSite, tests: Sequence[LatestTest]) -> DieRow:
