@@ -14,10 +14,9 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
-from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.session import session_scope
+from app.db.session import Session, session_scope
 from app.db.tables import Role
 from app.services import auth
 from app.services.auth import Principal

@@ -21,9 +21,9 @@ from fastapi import Depends, Header, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.orm import Session
 
 from app.api.deps import PrincipalDep, SessionDep
+from app.db.session import Session
 from app.services import idempotency
 from app.services.idempotency import StoredResponse
 

@@ -10,6 +10,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+# Session is re-exported so that app/api can name the type without importing SQLAlchemy.
+__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "Session", "make_engine", "make_session_factory", "session_scope"]
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 

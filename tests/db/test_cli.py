@@ -16,6 +16,7 @@ from sqlalchemy import inspect
 
 from app import cli
 from app.config import get_settings
+from app.db import migrate
 from app.db.session import make_engine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,7 @@ def sqlite_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
 
 def test_db_upgrade_creates_the_schema(sqlite_env: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["db", "upgrade"]) == 0
-    assert "revision 0001" in capsys.readouterr().out
+    assert f"revision {migrate.head_revision()}" in capsys.readouterr().out
     engine = make_engine(sqlite_env)
     assert "signature" in inspect(engine).get_table_names()
     engine.dispose()
