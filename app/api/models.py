@@ -155,10 +155,10 @@ UPLOAD_BODY_DOC: dict[str, Any] = {
     },
 )
 def upload_model(
+    principal: EngineerAccess,  # first: FastAPI resolves dependencies in order, and the body may be large
     upload: Annotated[ModelUpload, Depends(read_model_upload)],
     session: SessionDep,
     settings: SettingsDep,
-    principal: EngineerAccess,
     idem: IdempotencyDep,
 ) -> JSONResponse:
     """Upload a network file; it is parsed and validated before it is stored. 422 ``invalid_model``

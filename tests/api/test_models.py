@@ -144,3 +144,13 @@ def test_an_upload_retried_with_its_idempotency_key_is_stored_once(
     assert (first.status_code, again.status_code) == (201, 201) and first.json() == again.json()
     assert again.headers["Idempotent-Replayed"] == "true"
     assert_error(upload(client, headers, tiny_model(n_classes=5)), 422, "idempotency_key_reused")
+
+
+def test_a_caller_without_the_role_is_refused_before_the_body_is_read(
+    client: TestClient, as_role: Headers, app: FastAPI
+) -> None:
+    app.state.settings = app.state.settings.model_copy(update={"max_model_bytes": 16})
+    big = b"\0" * 1024
+    assert_error(upload(client, {}, big), 401, "unauthenticated")
+    assert_error(upload(client, as_role(Role.station), big), 403, "forbidden")
+    assert_error(upload(client, as_role(Role.engineer), big), 413, "payload_too_large")
