@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.tables import AuditEvent
@@ -14,8 +13,3 @@ def add(
     session: Session, *, actor: str, action: str, target: str, details: dict[str, Any] | None = None
 ) -> None:
     session.add(AuditEvent(actor=actor[:64], action=action, target=target[:128], details=details or {}))
-
-
-def recent(session: Session, *, limit: int = 100) -> list[AuditEvent]:
-    stmt = select(AuditEvent).order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc()).limit(limit)
-    return list(session.scalars(stmt))
