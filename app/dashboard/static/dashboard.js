@@ -290,7 +290,7 @@
         { type: "bar", x: labels, y: r.pareto.map((b) => b.count), marker: { color: r.pareto.map((b) => b.color), line: { color: "#333", width: 0.5 } }, text: r.pareto.map((b) => b.name), textposition: "none", hovertemplate: "%{x} (%{text}): %{y} dies<extra></extra>", name: "dies" },
         { type: "scatter", mode: "lines+markers", x: labels, y: cumulative, yaxis: "y2", name: "cumulative %", line: { color: "#444" }, hovertemplate: "%{y:.1f} %<extra></extra>" },
       ],
-      { showlegend: false, margin: { l: 56, r: 64, t: 36, b: 44 }, yaxis: { title: { text: "dies" } }, yaxis2: { overlaying: "y", side: "right", range: [0, 105], title: { text: "cumulative %" } } },
+      { showlegend: false, margin: { l: 56, r: 64, t: 36, b: 44 }, yaxis: { title: { text: "dies" } }, yaxis2: { overlaying: "y", side: "right", range: [0, 105], tickvals: [0, 25, 50, 75, 100], title: { text: "cumulative %" } } },
     );
     await plot(
       accuracy,
@@ -336,7 +336,8 @@
     const cols = f.x_max - f.x_min + 1;
     const rows = f.y_max - f.y_min + 1;
     const cell = Math.max(6, Math.floor(520 / Math.max(cols, rows)));
-    const m = Math.max(34, cell);
+    const m = Math.ceil(cell / 2) + 30; // room for the ticks outside the wafer outline
+    const tick = m - cell / 2 - 4;
     const width = cols * cell + 2 * m;
     const height = rows * cell + 2 * m;
     const px = (x) => m + (x - f.x_min) * cell;
@@ -345,14 +346,14 @@
     if (r.shape && r.shape.kind === "circular") {
       svg.append(s("circle", { cx: px(0) + cell / 2, cy: py(0) + cell / 2, r: (r.shape.diameter / 2) * cell, class: "outline" }));
     }
-    const step = cell >= 16 ? 1 : Math.ceil(16 / cell);
+    const step = cell >= 22 ? 1 : Math.ceil(22 / cell);
     for (let x = f.x_min; x <= f.x_max; x++) {
-      if ((x - f.x_min) % step === 0) svg.append(s("text", { x: px(x) + cell / 2, y: m - 6, class: "tick", "text-anchor": "middle", text: String(x) }));
+      if ((x - f.x_min) % step === 0) svg.append(s("text", { x: px(x) + cell / 2, y: tick, class: "tick", "text-anchor": "middle", text: String(x) }));
     }
     for (let y = f.y_min; y <= f.y_max; y++) {
-      if ((y - f.y_min) % step === 0) svg.append(s("text", { x: m - 6, y: py(y) + cell / 2 + 4, class: "tick", "text-anchor": "end", text: String(y) }));
+      if ((y - f.y_min) % step === 0) svg.append(s("text", { x: tick, y: py(y) + cell / 2 + 4, class: "tick", "text-anchor": "end", text: String(y) }));
     }
-    svg.append(s("text", { x: width - m, y: m - 20, class: "axis", "text-anchor": "end", text: "x →" }));
+    svg.append(s("text", { x: width - 4, y: 14, class: "axis", "text-anchor": "end", text: "x →" }));
     svg.append(s("text", { x: 4, y: height - m + 14, class: "axis", text: "y ↓" }));
     // The notch, at the bottom.
     const nx = px(0) + cell / 2;
@@ -422,8 +423,8 @@
       {
         title: { text: p.label, font: { size: 13 } },
         margin: { l: 40, r: 10, t: 40, b: 30 },
-        xaxis: { dtick: 1, showgrid: false, zeroline: false },
-        yaxis: { autorange: "reversed", scaleanchor: "x", dtick: 1, showgrid: false, zeroline: false },
+        xaxis: { dtick: Math.max(1, Math.ceil(xs.length / 12)), showgrid: false, zeroline: false },
+        yaxis: { autorange: "reversed", scaleanchor: "x", dtick: Math.max(1, Math.ceil(ys.length / 12)), showgrid: false, zeroline: false },
         height: 320,
       },
       { displayModeBar: false },
