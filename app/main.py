@@ -4,7 +4,6 @@ error format ``{"error": {"code", "message", "details"}}``. Serve it with ``cimc
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,8 +20,11 @@ from app.db import migrate
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.db.tables import Role
 from app.errors import AppError, hardware_error_details, hardware_error_status
+from app.jobs.runner import build_runner
 from app.services import auth
-from app.services.hardware import build_driver
+from app.services.hardware import DriverPool
+from app.services.images import ImageStore
+from app.services.runtime import ModelRuntimes
 from hardware.driver import HardwareError
 
 log = logging.getLogger(__name__)
@@ -105,16 +107,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 role=Role.admin,
                 name="bootstrap",
             )
-    driver = build_driver(settings)
+    # One driver per test site, lent to one request or batch worker at a time.
+    pool = DriverPool.from_settings(settings)
     app.state.engine = engine
     app.state.session_factory = factory
-    app.state.driver = driver
-    # The driver serves one die at a time: hold this lock around any sequence of driver calls.
-    app.state.driver_lock = threading.Lock()
+    app.state.drivers = pool
+    app.state.runtimes = ModelRuntimes(settings)
+    app.state.image_store = ImageStore(settings.image_store_dir)
+    # Batch jobs: the local runner resumes unfinished jobs here; the celery runner only sends.
+    app.state.job_runner = build_runner(settings, factory)
+    app.state.job_runner.start()
     try:
         yield
     finally:
-        driver.close()
+        app.state.job_runner.stop()
+        pool.close()
         engine.dispose()
 
 

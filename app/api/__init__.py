@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api import dashboard, dies, exports, keys, lots, models
+from app.api import dashboard, dies, exports, jobs, keys, lots, models
 from app.api.schemas.common import ERROR_RESPONSES
 
 V1_ROUTERS: tuple[APIRouter, ...] = (
@@ -16,6 +16,7 @@ V1_ROUTERS: tuple[APIRouter, ...] = (
     keys.router,
     exports.router,
     dashboard.router,
+    jobs.router,
 )
 
 

@@ -1,0 +1,208 @@
+"""The runner interface and the in-process runner.
+
+``submit(job_id)`` reads the job's open dies from the database and hands them out in chunks;
+``resume()`` submits every unfinished job (what the local runner does when the service starts).
+Neither keeps state that the database does not also hold: a lost chunk is found again by ``resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from abc import ABC, abstractmethod
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.services import jobs as jobs_service
+from app.services.jobs import ExecutionContext, StepFunctions
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_DIES = 8
+DB_RETRY_S = 5.0
+
+
+class JobRunner(ABC):
+    """Where job chunks run."""
+
+    name: str = "abstract"
+
+    def __init__(self, chunk_dies: int = DEFAULT_CHUNK_DIES) -> None:
+        if chunk_dies < 1:
+            raise ValueError("chunk_dies must be at least 1")
+        self.chunk_dies = chunk_dies
+
+    def start(self) -> None:  # noqa: B027 (optional hook)
+        """Start serving (and resume unfinished jobs where the runner owns the execution)."""
+
+    def stop(self, timeout_s: float = 30.0) -> None:  # noqa: B027 (optional hook)
+        """Stop taking work; dies in progress finish their current step."""
+
+    @abstractmethod
+    def _send(self, job_id: int, die_ids: list[int]) -> None: ...
+
+    @abstractmethod
+    def _open_die_ids(self, job_id: int) -> list[int]: ...
+
+    @abstractmethod
+    def _open_job_ids(self) -> list[int]: ...
+
+    def submit(self, job_id: int) -> int:
+        """Hand out the job's open dies in chunks; returns the number of chunks."""
+        parts = jobs_service.chunks(self._open_die_ids(job_id), self.chunk_dies)
+        for part in parts:
+            self._send(job_id, part)
+        log.info("job %d: %d chunks submitted to the %s runner", job_id, len(parts), self.name)
+        return len(parts)
+
+    def resume(self) -> list[int]:
+        """Submit every queued or running job again (duplicate chunks are harmless: claims)."""
+        job_ids = self._open_job_ids()
+        for job_id in job_ids:
+            self.submit(job_id)
+        return job_ids
+
+
+class LocalRunner(JobRunner):
+    """A pool of ``workers`` threads in this process, fed from an in-memory queue of chunks.
+
+    The queue is only a hint: on start the runner resumes unfinished jobs from the database, and a
+    die another (possibly dead) worker holds is retried after the lease. Threads suit the station:
+    each thread drives one test site, and the numerics release the GIL for most of their time.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        context: ExecutionContext,
+        *,
+        workers: int = 2,
+        chunk_dies: int = DEFAULT_CHUNK_DIES,
+        resume_on_start: bool = True,
+    ) -> None:
+        super().__init__(chunk_dies)
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.context = context
+        self.workers = workers
+        self.resume_on_start = resume_on_start
+        self._queue: queue.Queue[tuple[int, list[int]] | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._timers: set[threading.Timer] = set()
+        self._stopping = threading.Event()
+        self._idle = threading.Condition()
+        self._outstanding = 0
+
+    # ---- lifecycle
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._stopping.clear()
+        self.context.start()
+        for i in range(self.workers):
+            t = threading.Thread(target=self._work, name=f"cimcal-job-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        if self.resume_on_start:
+            resumed = self.resume()
+            if resumed:
+                log.info("resumed unfinished jobs %s", resumed)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stopping.set()
+        for timer in list(self._timers):
+            timer.cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=timeout_s)
+        self._threads.clear()
+        self.context.stop()
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Block until no chunk is queued, running or waiting for a retry; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._outstanding == 0, timeout=timeout_s)
+
+    # ---- JobRunner
+    def _open_die_ids(self, job_id: int) -> list[int]:
+        return jobs_service.open_die_ids(self.context.factory, job_id)
+
+    def _open_job_ids(self) -> list[int]:
+        return jobs_service.open_job_ids(self.context.factory)
+
+    def _send(self, job_id: int, die_ids: list[int]) -> None:
+        with self._idle:
+            self._outstanding += 1
+        self._queue.put((job_id, die_ids))
+
+    # ---- internals
+    def _done_one(self) -> None:
+        with self._idle:
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._idle.notify_all()
+
+    def _later(self, delay_s: float, job_id: int, die_ids: list[int]) -> None:
+        """Re-queue a chunk after ``delay_s`` (it stays outstanding meanwhile)."""
+
+        def fire() -> None:
+            self._timers.discard(timer)
+            if self._stopping.is_set():
+                self._done_one()
+            else:
+                self._queue.put((job_id, die_ids))
+
+        timer = threading.Timer(delay_s, fire)
+        timer.daemon = True
+        self._timers.add(timer)
+        timer.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            job_id, die_ids = item
+            if self._stopping.is_set():
+                self._done_one()
+                continue
+            retry: tuple[float, list[int]] | None = None
+            try:
+                result = jobs_service.process_chunk(
+                    self.context, job_id, die_ids, should_stop=self._stopping.is_set
+                )
+                if result.busy and not result.stopped:
+                    retry = (self.context.lease_s, result.busy)
+            except Exception:
+                log.exception("job %d: chunk failed; retrying in %.0f s", job_id, DB_RETRY_S)
+                retry = (DB_RETRY_S, die_ids)
+            if retry is not None and not self._stopping.is_set():
+                self._later(retry[0], job_id, retry[1])
+            else:
+                self._done_one()
+
+
+def build_runner(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    steps: StepFunctions | None = None,
+    *,
+    workers: int | None = None,
+) -> JobRunner:
+    """The runner ``settings.job_runner`` names. ``local`` runs ``steps`` (default: the calibration
+    use cases) on ``workers`` threads (default: one per CPU, at most 4)."""
+    if settings.job_runner == "celery":
+        from app.jobs.celery_app import CeleryRunner, make_celery
+
+        return CeleryRunner(make_celery(settings.broker_url), factory)
+    if steps is None:
+        from app.jobs.steps import calibration_steps
+
+        steps = calibration_steps(factory, settings)
+    n = workers if workers is not None else max(1, min(4, os.cpu_count() or 1))
+    return LocalRunner(ExecutionContext(factory, steps), workers=n)
