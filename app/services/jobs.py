@@ -11,8 +11,9 @@ errors:
 * transient (:data:`hardware.driver.TRANSIENT_ERRORS`): retried with exponential back-off up to the
   job's :class:`RetryPolicy`; after the last attempt the die gets the alarm bin (0) with the reason
   and the job goes on;
-* any other :class:`~hardware.driver.HardwareError` (a die fault, a protocol error): not retried;
-  the die fails the step and gets the alarm/fail record from ``steps.alarm`` with the reason;
+* :class:`~hardware.driver.DieFault`: not retried; the die gets the die-fault bin with the reason
+  (``steps.alarm(..., die_fault=True)``); any other hardware error (a protocol error, a lost tester)
+  is not retried either and gets the alarm bin;
 * a service error (e.g. compensating a die without a signature) fails the item with its message.
 
 A step whose earlier step failed on that die is not run (failed, "not run: <step> failed").
@@ -41,7 +42,7 @@ from app.db.tables import Job, JobState
 from app.errors import AppError, ConflictError, InvalidInputError, NotFoundError
 from app.services import lots as lots_service
 from app.services import models as models_service
-from hardware.driver import TRANSIENT_ERRORS, HardwareError
+from hardware.driver import TRANSIENT_ERRORS, DieFault, HardwareError
 
 log = logging.getLogger(__name__)
 
@@ -361,13 +362,13 @@ StepFn = Callable[[StepCall], object]
 @dataclass(frozen=True)
 class StepFunctions:
     """The per-die use cases a job calls. :func:`app.jobs.steps.calibration_steps` binds the real
-    ones; tests bind their own. ``alarm(call, reason)`` records the alarm/fail bin of a die whose
-    step could not complete."""
+    ones; tests bind their own. ``alarm(call, reason, die_fault)`` bins a die whose step could not
+    complete: the alarm bin (0), or the die-fault bin when the die itself is bad."""
 
     characterize: StepFn
     compensate: StepFn
     functional_test: StepFn
-    alarm: Callable[[StepCall, str], None]
+    alarm: Callable[[StepCall, str, bool], None]
 
     def for_step(self, step: str) -> StepFn:
         return {
@@ -487,11 +488,15 @@ def _run_step(ctx: ExecutionContext, call: StepCall, retry: RetryPolicy) -> tupl
                 ctx.sleep(retry.delay_s(attempt))
                 continue
             reason = f"{call.step}: {_describe(e)} (gave up after {attempt} attempts)"
-            ctx.steps.alarm(call, reason)
+            ctx.steps.alarm(call, reason, False)
             return JobState.failed, f"alarm: {reason}", attempt
+        except DieFault as e:
+            reason = f"{call.step}: {_describe(e)}"
+            ctx.steps.alarm(call, reason, True)
+            return JobState.failed, f"die fault: {reason}", attempt
         except HardwareError as e:
             reason = f"{call.step}: {_describe(e)}"
-            ctx.steps.alarm(call, reason)
+            ctx.steps.alarm(call, reason, False)
             return JobState.failed, f"alarm: {reason}", attempt
         except AppError as e:
             return JobState.failed, f"{call.step}: {e.code}: {e.message}", attempt

@@ -5,7 +5,7 @@ cheap enough to run a lot in seconds.
   macro with a few vectors and record a signature through :func:`app.services.signatures.record_signature`;
 * compensate: one ``image`` row per (die, model, current signature), idempotent;
 * functional test: probe, one ``test_result`` per (die, image) unless forced;
-* alarm: a ``test_result`` with hard and soft bin 0.
+* alarm: a ``test_result`` with hard and soft bin 0 (tester alarm) or 9/99 (die fault).
 
 ``build(factory, settings)`` is what a worker process loads with ``cimcal worker --steps
 tests.jobs.fake_steps:build``. ``CIMCAL_TEST_STEP_DELAY_S`` slows every step down (crash tests).
@@ -177,7 +177,7 @@ def build(
             )
         return "tested"
 
-    def alarm(call: StepCall, reason: str) -> None:
+    def alarm(call: StepCall, reason: str, die_fault: bool) -> None:
         step_log.record("alarm", call.ecid)
         with session_scope(factory) as s:
             model_id = _model_id(s, call.model) if call.model else None
@@ -191,8 +191,8 @@ def build(
                     model_id=model_id,
                     image_id=None,
                     accuracy=0.0,
-                    hard_bin=0,
-                    soft_bin=0,
+                    hard_bin=9 if die_fault else 0,
+                    soft_bin=99 if die_fault else 0,
                     test_time_s=0.0,
                 )
             )

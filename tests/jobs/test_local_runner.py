@@ -248,8 +248,9 @@ def test_faults_are_retried_and_dies_that_still_fail_get_the_alarm_bin(
             assert error is None
         elif error.startswith("alarm: "):
             assert die_id in failed and bins[die_id] == (0, 0)
-            if "die_fault" not in error:
-                assert attempts == 2 and ("hardware_timeout" in error or "contact_lost" in error)
+            assert attempts == 2 and ("hardware_timeout" in error or "contact_lost" in error)
+        elif error.startswith("die fault: "):
+            assert die_id in failed and bins[die_id] == (99, 9)
         else:
             assert error.startswith("not run: ") and attempts == 0
     assert {bins[d] for d in set(bins) - failed} == {(1, 1)}
@@ -281,7 +282,13 @@ def test_job_creation_validates_its_input(session_factory: Factory, lot_ecids: l
     [
         ([HardwareTimeoutError("probe", 1.0), ContactError("lost"), None], "succeeded", 3, 0, None),
         ([HardwareTimeoutError("probe", 1.0)] * 3, "failed", 3, 1, "alarm: characterize: hardware_timeout"),
-        ([ContactError("lost"), DieFault("short")], "failed", 2, 1, "alarm: characterize: die_fault: short"),
+        (
+            [ContactError("lost"), DieFault("short")],
+            "failed",
+            2,
+            1,
+            "die fault: characterize: die_fault: short",
+        ),
         (
             [ProtocolError("bad frame", protocol_code=7)],
             "failed",
@@ -305,7 +312,7 @@ def test_retry_policy_per_error_kind(
         if e is not None:
             raise e
 
-    steps = StepFunctions(step, step, step, lambda call, reason: alarmed.append(reason))
+    steps = StepFunctions(step, step, step, lambda call, reason, die_fault: alarmed.append(reason))
     ctx = ExecutionContext(None, steps, sleep=delays.append)  # type: ignore[arg-type]
     call = StepCall(1, 1, "L-W01-X+000Y+000", "characterize", "m@1", False)
     got = _run_step(ctx, call, RetryPolicy(max_attempts=3, backoff_s=0.5, backoff_max_s=0.75))
