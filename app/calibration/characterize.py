@@ -1,0 +1,510 @@
+"""Characterization: measure a die's :class:`~app.calibration.signature.Signature` through the driver.
+
+Design (the same for every macro, so one factorisation serves the whole die):
+
+* Two weight patterns per macro: a random balanced ``W`` (rows, phys_cols) in {-1,+1} (every column
+  half +1, half -1) and its complement ``-W``. Every macro is written with ``W``, read, then written
+  with ``-W`` and read with *the same* input vectors.
+* Input vectors: blocks that split the rows into ``1/active_fraction`` random groups, one group per
+  vector (a balanced design: every row is driven equally often, ideal sums stay well inside the ADC
+  range). The first ``repeat_fraction`` of the vectors are read twice (noise estimate).
+
+With codes ``y+`` (pattern W) and ``y-`` (pattern -W) and the linear readout model of the signature,
+
+* ``h = (y+ - y-) / 2 = A (W o c) + noise``: the healthy cells' contributions ``c = g (1 + e)``;
+  a column-level regression on the ideal sums gives the gain, a ridge regression (prior: cell
+  errors of spread ``cell_sigma``, estimated from the data) gives per-cell errors when the budget
+  resolves them;
+* ``z = (y+ + y-) / 2 = offset + A d + noise``: healthy cells cancel, a stuck cell adds
+  ``d = value * magnitude`` whatever was written, so a sparse matched filter on ``z`` finds stuck
+  cells (MAP test against a prior stuck rate) and the intercept is the column offset;
+* repeated vectors give the read noise; a probit fit of ``[code >= k]`` against the predicted analog
+  value gives the ADC edge positions; a column whose code never changes is dead.
+
+Transient hardware errors (timeout, contact loss) propagate unchanged: the caller re-probes and
+retries the die. Nothing is returned unless the whole signature was measured.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.linalg import cho_factor, cho_solve
+from scipy.special import ndtr
+
+from app.calibration.signature import Signature, StuckCells
+from hardware.chip import ChipGeometry
+from hardware.driver import Driver
+
+DEFAULT_BUDGET = 131_072
+"""Default read vectors per die (2,048 per macro and pattern on the default 32-macro geometry)."""
+
+MIN_VECTORS_PER_PATTERN = 16
+
+
+@dataclass(frozen=True)
+class CharacterizationConfig:
+    """Design and estimator knobs (defaults are the production setting).
+
+    active_fraction : fraction of rows driven by each input vector
+    repeat_fraction : fraction of the vectors read twice (read-noise estimate)
+    stuck_prior     : prior probability that a cell is stuck (MAP test)
+    cells           : "auto" keeps per-cell errors when they explain at least ``min_cell_r2`` of the
+                      cell-error variance; True always, False never
+    edges           : estimate the ADC decision edges (from ``edge_reads`` vectors per pattern)
+    max_vectors_per_call : split reads into driver calls of at most this many vectors
+    """
+
+    active_fraction: float = 0.25
+    repeat_fraction: float = 0.125
+    stuck_prior: float = 2e-4
+    cells: bool | str = "auto"
+    min_cell_r2: float = 0.5
+    edges: bool = True
+    edge_reads: int = 256
+    max_vectors_per_call: int = 4096
+
+
+@dataclass(frozen=True)
+class CharacterizationResult:
+    """A signature and what it cost on the tester.
+
+    reads        : read_macro calls; read_vectors: word-line vectors driven (the budget unit)
+    writes       : macro writes; tester_s: tester seconds charged by the driver
+    compute_s    : host seconds spent estimating (not tester time)
+    """
+
+    signature: Signature
+    reads: int
+    read_vectors: int
+    writes: int
+    tester_s: float
+    compute_s: float
+    budget: int
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float | int]:
+        """Signature headline numbers plus the cost of measuring them."""
+        out: dict[str, float | int] = dict(self.signature.summary())
+        out.update(
+            {
+                "reads": self.reads,
+                "read_vectors": self.read_vectors,
+                "writes": self.writes,
+                "tester_s": self.tester_s,
+                "compute_s": self.compute_s,
+                "budget": self.budget,
+            }
+        )
+        return out
+
+
+# ----------------------------------------------------------------------------------------- design
+@dataclass(frozen=True)
+class Design:
+    """Test patterns: ``weights`` (rows, phys_cols) int8, ``inputs`` (n, rows) uint8, repeats of the
+    first ``n_repeat`` vectors appended at the end (so ``inputs[-n_repeat:] == inputs[:n_repeat]``)."""
+
+    weights: NDArray[np.int8]
+    inputs: NDArray[np.uint8]
+    n_repeat: int
+
+    @property
+    def n(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def n_distinct(self) -> int:
+        return self.n - self.n_repeat
+
+
+def vectors_per_pattern(geometry: ChipGeometry, budget: int) -> int:
+    """Input vectors per macro and pattern that a budget of ``budget`` read vectors per die buys."""
+    n = budget // (2 * geometry.n_macros)
+    if n < MIN_VECTORS_PER_PATTERN:
+        raise ValueError(
+            f"budget {budget} read vectors is too small: at least "
+            f"{2 * geometry.n_macros * MIN_VECTORS_PER_PATTERN} for {geometry.n_macros} macros"
+        )
+    return int(n)
+
+
+def make_design(
+    geometry: ChipGeometry, n: int, rng: np.random.Generator, config: CharacterizationConfig
+) -> Design:
+    """A balanced random design of ``n`` vectors per pattern (see the module docstring)."""
+    r, p = geometry.rows, geometry.phys_cols
+    half = np.ones(r, np.int8)
+    half[: r // 2] = -1
+    weights = np.stack([rng.permutation(half) for _ in range(p)], axis=1)  # (r, p) balanced columns
+    n_repeat = int(n * config.repeat_fraction)
+    n_distinct = n - n_repeat
+    groups = max(1, round(1.0 / config.active_fraction))
+    inputs = np.zeros((n_distinct, r), np.uint8)
+    for b0 in range(0, n_distinct, groups):
+        label = rng.permutation(r) % groups
+        for j in range(min(groups, n_distinct - b0)):
+            inputs[b0 + j, label == j] = 1
+    inputs = inputs[rng.permutation(n_distinct)]
+    inputs = np.concatenate([inputs, inputs[:n_repeat]])
+    return Design(weights=weights, inputs=inputs, n_repeat=n_repeat)
+
+
+# ------------------------------------------------------------------------------------ measurement
+def _read_all(driver: Driver, macro: int, inputs: NDArray[np.uint8], chunk: int) -> NDArray[np.int16]:
+    parts = [driver.read_macro(macro, inputs[i : i + chunk]) for i in range(0, inputs.shape[0], chunk)]
+    return np.concatenate(parts)
+
+
+def measure(driver: Driver, design: Design, config: CharacterizationConfig) -> tuple[NDArray[np.int16], NDArray[np.int16]]:
+    """Write and read every macro with both patterns: codes ``(n, n_macros, phys_cols)`` for W and -W."""
+    g = driver.geometry()
+    out = []
+    for pattern in (design.weights, (-design.weights).astype(np.int8)):
+        for m in range(g.n_macros):
+            driver.write_macro(m, pattern)
+        codes = np.stack(
+            [_read_all(driver, m, design.inputs, config.max_vectors_per_call) for m in range(g.n_macros)], axis=1
+        )
+        out.append(codes)
+    return out[0], out[1]
+
+
+# -------------------------------------------------------------------------------------- estimation
+def _noise_var_table() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """E_u[Var(round(u + n))] for n ~ N(0, s^2), u ~ U(0, 1): the code variance of one repeated read."""
+    s = np.concatenate([np.linspace(0.0, 1.0, 101)[1:], np.linspace(1.01, 12.0, 200)])
+    u = (np.arange(64) + 0.5) / 64.0
+    k = np.arange(-60, 61)
+    f = np.zeros_like(s)
+    for i, si in enumerate(s):
+        # P(code >= k) for every u, then the variance of the code.
+        pk = ndtr((u[:, None] - (k[None, :] - 0.5)) / si)
+        pm = pk[:, :-1] - pk[:, 1:]  # P(code == k)
+        vals = k[:-1].astype(np.float64)
+        mean = (pm * vals).sum(axis=1)
+        f[i] = float(((pm * vals**2).sum(axis=1) - mean**2).mean())
+    return np.concatenate([[0.0], s]), np.concatenate([[0.0], f])
+
+
+_NOISE_S, _NOISE_F = _noise_var_table()
+
+
+def noise_sigma_from_repeat_var(var_code: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Invert the code variance of repeated reads into the analog read-noise sigma (MAC = LSB units)."""
+    v = np.asarray(var_code, dtype=np.float64)
+    big = v > _NOISE_F[-1]
+    out = np.interp(v, _NOISE_F, _NOISE_S)
+    return np.where(big, np.sqrt(np.maximum(v - 1.0 / 12.0, 0.0)), out)
+
+
+@dataclass
+class _LinearFit:
+    """The linear part of the readout model, for all columns of the die stacked: (m*p,) or (r, m*p)."""
+
+    gain: NDArray[np.float64]
+    offset: NDArray[np.float64]
+    d_hat: NDArray[np.float32]  # stuck-cell statistic (value * magnitude), MAC
+    stuck: NDArray[np.bool_]
+    cell_err: NDArray[np.float32]  # posterior-mean relative cell errors
+    cell_sigma: float
+    resid_sigma: float
+    var_z: float
+
+    def analog(self, a: NDArray[np.float32], w_all: NDArray[np.float32], sign: float, cells: bool) -> NDArray[np.float32]:
+        """Predicted analog values (n, m*p) for inputs ``a`` with ``sign * W`` written."""
+        rel = (1.0 + self.cell_err) if cells else np.float32(1.0)
+        eff = (sign * w_all * self.gain[None, :].astype(np.float32) * rel).astype(np.float32)
+        eff = np.where(self.stuck, self.d_hat, eff)
+        return np.asarray(a @ eff + self.offset[None, :].astype(np.float32), dtype=np.float32)
+
+
+def _sparse_apply(
+    a: NDArray[np.float32], rows: NDArray[np.int64], cols: NDArray[np.int64], vals: NDArray[np.floating[Any]], n_cols: int
+) -> NDArray[np.float32]:
+    """``a @ D`` (n, n_cols) for a sparse D with entries ``vals`` at (rows, cols)."""
+    out = np.zeros((a.shape[0], n_cols), np.float32)
+    for r, c, v in zip(rows, cols, vals, strict=True):
+        out[:, c] += a[:, r] * np.float32(v)
+    return out
+
+
+def _spd_inverse(m: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Inverse of a symmetric positive-definite matrix through its Cholesky factor."""
+    c, low = cho_factor(m, lower=True, check_finite=False)
+    return np.asarray(cho_solve((c, low), np.eye(m.shape[0]), check_finite=False), dtype=np.float64)
+
+
+def _masked_mean(x: NDArray[np.float32], m: NDArray[np.float32], cnt: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Column means of ``x`` over the reads where ``m`` is 1 (``cnt`` = m.sum(axis=0))."""
+    return np.asarray((x * m).sum(axis=0, dtype=np.float64) / cnt, dtype=np.float64)
+
+
+def _fit_linear(
+    a: NDArray[np.float32],
+    s_ideal: NDArray[np.float32],
+    w_all: NDArray[np.float32],
+    yp: NDArray[np.float32],
+    yn: NDArray[np.float32],
+    valid: NDArray[np.bool_],
+    live: NDArray[np.bool_],
+    stuck_prior: float,
+) -> _LinearFit:
+    """Gain, offset, stuck cells and per-cell errors from the codes of both patterns (see module doc).
+
+    a (n, r) inputs; s_ideal (n, m*p) ideal sums under W; w_all (r, m*p) the pattern W per column;
+    yp, yn (n, m*p) codes (MAC) read under W and -W; valid (n, m*p) False where either code sat on
+    an ADC rail (censored: left out of every statistic).
+    """
+    n, r_ = a.shape
+    n_cols = yp.shape[1]
+    m = valid.astype(np.float32)
+    cnt = np.maximum(m.sum(axis=0, dtype=np.float64), 1.0)
+    censored = not bool(valid.all())
+    h = (yp - yn) * np.float32(0.5)
+    z = (yp + yn) * np.float32(0.5)
+    a64 = a.astype(np.float64)
+    ac = a64 - a64.mean(axis=0)
+    gram = ac.T @ ac
+    acf = ac.astype(np.float32)
+    k_eff = float(np.trace(gram)) / n  # variance-weighted active rows per read (centred design)
+    # Per (row, column) energy of the design over the valid reads: the matched filter's normaliser.
+    energy = (acf**2).T @ m if censored else np.repeat(np.diag(gram)[:, None], n_cols, axis=1)
+    energy = np.clip(energy, 1e-9, None)
+
+    s_mean = _masked_mean(s_ideal, m, cnt)
+    h_mean = _masked_mean(h, m, cnt)
+    s_c = (s_ideal - s_mean.astype(np.float32)) * m
+    var_s = (s_c.astype(np.float64) ** 2).sum(axis=0) / cnt
+    cov = (s_c * (h - h_mean.astype(np.float32))).sum(axis=0, dtype=np.float64) / cnt
+    gain = np.where(live, cov / np.maximum(var_s, 1e-12), 0.0)
+    h_res = h - (gain[None, :] * s_ideal).astype(np.float32)
+    h_res = (h_res - _masked_mean(h_res, m, cnt).astype(np.float32)) * m
+
+    # Stuck cells: a matched filter on z (stuck cells are sparse, so the filter beats a joint fit).
+    z_c = (z - _masked_mean(z, m, cnt).astype(np.float32)) * m
+    d_hat = ((acf.T @ z_c) / energy).astype(np.float32)  # (r, m*p)
+    noise_map = 1.0 / np.sqrt(energy)
+    mag = np.maximum(np.abs(gain), 0.05)[None, :]
+    prior = math.log((1.0 - stuck_prior) / stuck_prior)
+    sd_z = np.sqrt(np.maximum((z_c.astype(np.float64) ** 2).sum(axis=0) / cnt, 1e-12))
+    stuck = np.zeros(d_hat.shape, dtype=bool)
+    z_stuck = np.zeros_like(z)
+    for _ in range(2):  # the second pass measures the noise with the stuck cells removed
+        s_d = noise_map * sd_z[None, :]
+        log_lr = (np.abs(d_hat) * mag - 0.5 * mag**2) / np.maximum(s_d**2, 1e-12)
+        stuck = (log_lr > prior) & live[None, :]
+        if not stuck.any():
+            break
+        rows, cols = np.nonzero(stuck)
+        z_stuck = _sparse_apply(a, rows, cols, d_hat[rows, cols], n_cols)
+        z2 = (z - z_stuck) * m
+        z2 -= _masked_mean(z2, m, cnt).astype(np.float32) * m
+        sd_z = np.sqrt(np.maximum((z2.astype(np.float64) ** 2).sum(axis=0) / cnt, 1e-12))
+    rows, cols = np.nonzero(stuck)
+    offset = np.where(live, _masked_mean(z - z_stuck, m, cnt), 0.0)
+
+    # h: stuck cells read the same under W and -W, so their healthy share is missing; put it back.
+    h_corr = h_res + _sparse_apply(a, rows, cols, np.asarray(w_all[rows, cols] * gain[cols]), n_cols) * m
+    h_corr -= _masked_mean(h_corr, m, cnt).astype(np.float32) * m
+    z_res = (z - z_stuck - offset[None, :].astype(np.float32)) * m
+    n_live = float(cnt[live].sum()) if live.any() else 1.0
+    var_z = float((z_res[:, live].astype(np.float64) ** 2).sum()) / n_live if live.any() else 1.0
+    var_h = float((h_corr[:, live].astype(np.float64) ** 2).sum()) / n_live if live.any() else 1.0
+    g2 = float((gain[live] ** 2).mean()) if live.any() else 1.0
+    cell_sigma = math.sqrt(max(var_h - var_z, 0.0) / max(k_eff * g2, 1e-12))
+
+    # Per-cell errors: ridge regression = posterior mean under the N(0, cell_sigma^2) prior. Censored
+    # reads enter as zero residuals (a slight extra shrinkage on the few columns that have them).
+    tau2 = max(cell_sigma**2 * g2, 1e-10)
+    h_inv_c = _spd_inverse(gram + max(var_z, 1e-6) / tau2 * np.eye(r_))
+    delta = h_inv_c.astype(np.float32) @ (acf.T @ h_corr)  # g * w * e
+    cell_err = delta * w_all / np.where(live, gain, 1.0)[None, :].astype(np.float32)
+    post_var = var_z * float(np.diag(h_inv_c).mean()) / g2
+    resid_sigma = math.sqrt(min(post_var, cell_sigma**2))
+    cell_err[stuck] = 0.0
+    cell_err[:, ~live] = 0.0
+    return _LinearFit(gain, offset, d_hat, stuck, cell_err, cell_sigma, resid_sigma, var_z)
+
+
+def estimate_signature(
+    geometry: ChipGeometry,
+    design: Design,
+    y_pos: NDArray[np.int16],
+    y_neg: NDArray[np.int16],
+    config: CharacterizationConfig,
+    meta: dict[str, Any] | None = None,
+) -> tuple[Signature, dict[str, float]]:
+    """The signature from the codes of both patterns, ``(n, n_macros, phys_cols)`` int16 each."""
+    g = geometry
+    m_, p_, r_ = g.n_macros, g.phys_cols, g.rows
+    lsb = g.adc_lsb_mac
+    n = design.n
+    cp = y_pos.reshape(n, m_ * p_)
+    cn = y_neg.reshape(n, m_ * p_)
+    yp = cp.astype(np.float32) * np.float32(lsb)
+    yn = cn.astype(np.float32) * np.float32(lsb)
+    a = design.inputs.astype(np.float32)
+    w_all = np.tile(design.weights.astype(np.float32), (1, m_))  # (r, m*p)
+    s_ideal = np.tile(a @ design.weights.astype(np.float32), (1, m_))  # (n, m*p)
+
+    # Dead bit lines: a code that never moves although the ideal sums sweep the ADC range.
+    dead = (np.ptp(cp, axis=0) == 0) & (np.ptp(cn, axis=0) == 0) & (cp[0] == cn[0])
+    dead_code = np.where(dead, cp[0], 0).astype(np.int16)
+    live = ~dead
+
+    # Codes on the ADC rails are censored: they are left out of every statistic of their column.
+    rail_p = (cp == g.code_min) | (cp == g.code_max)
+    rail_n = (cn == g.code_min) | (cn == g.code_max)
+    valid = ~(rail_p | rail_n)
+    fit = _fit_linear(a, s_ideal, w_all, yp, yn, valid, live, config.stuck_prior)
+    r2 = 1.0 - fit.resid_sigma**2 / fit.cell_sigma**2 if fit.cell_sigma > 0 else 0.0
+    keep_cells = config.cells is True or (config.cells == "auto" and r2 >= config.min_cell_r2)
+
+    gain = fit.gain.copy()
+    cell_err = fit.cell_err
+    if keep_cells:
+        # The mean cell error of a column is part of its gain.
+        mean_e = np.where(live, cell_err.mean(axis=0), 0.0)
+        gain = gain * (1.0 + mean_e)
+        cell_err = np.where(fit.stuck | ~live[None, :], 0.0, (1.0 + cell_err) / (1.0 + mean_e)[None, :] - 1.0)
+
+    # Read noise from the repeated vectors (per macro, both patterns, live columns).
+    nr = design.n_repeat
+    if nr >= 2:
+        d = np.concatenate([cp[-nr:] - cp[:nr], cn[-nr:] - cn[:nr]]).astype(np.float64)
+        var_col = (d**2).mean(axis=0) / 2.0
+        var_m = np.array([_mean_where(var_col[k * p_ : (k + 1) * p_], live[k * p_ : (k + 1) * p_]) for k in range(m_)])
+        sigma_m = noise_sigma_from_repeat_var(var_m) * lsb
+    else:
+        sigma_m = np.full(m_, math.sqrt(max(2 * fit.var_z - lsb * lsb / 12.0, 1e-4)))
+
+    edges: NDArray[np.float64] | None = None
+    if config.edges:
+        # A subsample of the reads is plenty for the edges (each edge sees many reads per column).
+        sub_rows = np.arange(0, design.n_distinct, max(1, design.n_distinct // config.edge_reads))
+        a_sub = a[sub_rows]
+        edges = _estimate_edges(
+            g,
+            np.concatenate([fit.analog(a_sub, w_all, 1.0, keep_cells), fit.analog(a_sub, w_all, -1.0, keep_cells)]),
+            np.concatenate([cp[sub_rows], cn[sub_rows]]),
+            np.repeat(sigma_m, p_),
+            live,
+        )
+
+    rows, cols_flat = np.nonzero(fit.stuck)
+    macro_idx, col_idx = np.divmod(cols_flat, p_)
+    stuck_cells = StuckCells(
+        macro_idx.astype(np.int64),
+        rows.astype(np.int64),
+        col_idx.astype(np.int64),
+        np.where(fit.d_hat[rows, cols_flat] >= 0, 1, -1).astype(np.int8),
+        np.abs(gain[cols_flat]),
+    )
+    signature = Signature(
+        geometry=g,
+        gain=np.where(live, gain, 0.0).reshape(m_, p_),
+        offset_mac=np.where(live, fit.offset, 0.0).reshape(m_, p_),
+        noise_sigma_mac=sigma_m.astype(np.float32),
+        cell_sigma=fit.cell_sigma,
+        cell_residual_sigma=fit.resid_sigma if keep_cells else fit.cell_sigma,
+        dead_cols=dead.reshape(m_, p_),
+        dead_code=dead_code.reshape(m_, p_),
+        stuck=stuck_cells,
+        edge_offset_lsb=None if edges is None else edges.reshape(m_, p_, g.adc_levels - 1).astype(np.float32),
+        cell_error=cell_err.reshape(r_, m_, p_).transpose(1, 0, 2) if keep_cells else None,
+        meta=meta or {},
+    )
+    diag = {
+        "cell_r2": float(r2),
+        "rail_fraction": float((~valid[:, live]).mean()) if live.any() else 0.0,
+        "var_z": float(fit.var_z),
+    }
+    return signature, diag
+
+
+def _mean_where(x: NDArray[np.float64], mask: NDArray[np.bool_]) -> float:
+    return float(x[mask].mean()) if mask.any() else 0.0
+
+
+def _estimate_edges(
+    g: ChipGeometry,
+    v: NDArray[np.float64],
+    codes: NDArray[np.int16],
+    sigma: NDArray[np.float64],
+    live: NDArray[np.bool_],
+    prior_sigma_lsb: float = 0.15,
+) -> NDArray[np.float64]:
+    """ADC edge offsets (n_cols, levels - 1) in LSB: one Fisher-scoring step of a probit fit per edge.
+
+    Model: ``P(code >= k | v) = Phi((v - (k - 0.5 + e_k)) / sigma)``. ``v`` (n, n_cols) predicted analog
+    values (MAC), ``codes`` (n, n_cols) the codes read, ``sigma`` (n_cols,) the read noise. The
+    N(0, prior_sigma_lsb^2) prior shrinks edges with little data towards the nominal position.
+    """
+    lsb = g.adc_lsb_mac
+    n_cols = v.shape[1]
+    vv = v.astype(np.float64) / lsb
+    c = codes.astype(np.int64)
+    s = np.maximum(sigma / lsb, 0.05)[None, :]
+    n_edges = g.adc_levels - 1
+    score = np.zeros(n_cols * n_edges)
+    info = np.zeros(n_cols * n_edges)
+    half = int(min(5, math.ceil(2.0 * float(s.max())) + 1))
+    base = np.rint(vv).astype(np.int64)
+    col = np.arange(n_cols)[None, :] * n_edges
+    for j in range(-half, half + 1):
+        k = base + j
+        ok = (k > g.code_min) & (k <= g.code_max) & live[None, :]
+        zz = (vv - (k - 0.5)) / s
+        p = np.clip(ndtr(zz), 1e-9, 1 - 1e-9)
+        phi = np.exp(-0.5 * zz * zz) / math.sqrt(2 * math.pi)
+        wgt = phi / (p * (1.0 - p))
+        idx = (col + np.clip(k - g.code_min - 1, 0, n_edges - 1))[ok]
+        score += np.bincount(idx, weights=(wgt * ((c >= k) - p) / s)[ok], minlength=score.size)
+        info += np.bincount(idx, weights=(wgt * phi / s**2)[ok], minlength=info.size)
+    est = score / (info + 1.0 / prior_sigma_lsb**2)
+    # d log L / d e = -score, so the step is -score / info; the sign is folded here.
+    return np.asarray(np.clip(-est, -0.5, 0.5).reshape(n_cols, n_edges), dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------ entry point
+def characterize(
+    driver: Driver,
+    *,
+    budget: int = DEFAULT_BUDGET,
+    rng: np.random.Generator | int | None = None,
+    config: CharacterizationConfig | None = None,
+) -> CharacterizationResult:
+    """Measure the signature of the die under the probe with ``budget`` read vectors.
+
+    Writes every macro of the geometry twice and reads it with ``budget / (2 n_macros)`` vectors per
+    pattern. :class:`~hardware.driver.HardwareTimeoutError`, :class:`~hardware.driver.ContactError`
+    and any other driver error propagate; no partial signature is ever returned.
+    """
+    config = config or CharacterizationConfig()
+    gen = np.random.default_rng(rng)
+    g = driver.geometry()
+    n = vectors_per_pattern(g, budget)
+    design = make_design(g, n, gen, config)
+    c0 = driver.counters.as_dict()
+    y_pos, y_neg = measure(driver, design, config)
+    c1 = driver.counters.as_dict()
+    t0 = time.perf_counter()
+    ident = driver.identify()
+    meta = {"ecid": ident.ecid, "budget": int(budget), "vectors_per_pattern": int(n)}
+    signature, diag = estimate_signature(g, design, y_pos, y_neg, config, meta)
+    return CharacterizationResult(
+        signature=signature,
+        reads=int(c1["read_calls"] - c0["read_calls"]),
+        read_vectors=int(c1["read_vectors"] - c0["read_vectors"]),
+        writes=int(c1["macro_writes"] - c0["macro_writes"]),
+        tester_s=float(c1["tester_time_s"] - c0["tester_time_s"]),
+        compute_s=time.perf_counter() - t0,
+        budget=int(budget),
+        diagnostics=diag,
+    )

@@ -1,0 +1,44 @@
+"""ORACLE: signatures read from the simulator's hidden ground truth. Benchmarks and tests only.
+
+Nothing that serves a chip imports this module (tests/test_layering.py keeps ``app`` from importing
+the simulator's truth). It gives the upper bound of the compensation algorithm: the same
+:func:`app.calibration.compensate.compensate_image` fed with a perfect signature.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.calibration.signature import Signature, StuckCells
+from hardware.driver import DieAddress
+from hardware.sim.driver import FleetConfig
+from hardware.sim.oracle import oracle_die_truth
+
+
+def oracle_signature(config: FleetConfig, address: DieAddress) -> Signature:
+    """ORACLE: the exact signature of one simulated die (every field from the hidden truth)."""
+    truth = oracle_die_truth(config, address)
+    g = config.geometry
+    m, r, p = np.nonzero(truth.stuck_mask)
+    cell_sigma = config.variation.sigma("cell_sigma")
+    gain = np.where(truth.dead_cols, 0.0, truth.gain_ratio)
+    return Signature(
+        geometry=g,
+        gain=gain,
+        offset_mac=np.where(truth.dead_cols, 0.0, truth.offset_mac),
+        noise_sigma_mac=np.full(g.n_macros, config.variation.sigma("read_noise_sigma_mac"), np.float32),
+        cell_sigma=cell_sigma,
+        cell_residual_sigma=0.0,
+        dead_cols=truth.dead_cols,
+        dead_code=truth.dead_code,
+        stuck=StuckCells(
+            m,
+            r,
+            p,
+            truth.stuck_value[m, r, p],
+            truth.gain_ratio[m, p] * (1.0 + truth.cell_error[m, r, p]),
+        ),
+        edge_offset_lsb=truth.edge_offset_lsb,
+        cell_error=truth.cell_error,
+        meta={"source": "ORACLE"},
+    )
