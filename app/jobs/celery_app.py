@@ -176,16 +176,20 @@ class CeleryRunner(JobRunner):
 
     name = "celery"
 
-    def __init__(self, app: Celery, factory: Any, *, chunk_dies: int = DEFAULT_CHUNK_DIES) -> None:
+    def __init__(
+        self, app: Celery, factory: Any, *, chunk_dies: int = DEFAULT_CHUNK_DIES, resend_on_start: bool = True
+    ) -> None:
         super().__init__(chunk_dies)
         self.app = app
         self.factory = factory
+        self.resend_on_start = resend_on_start
 
     def start(self) -> None:
         # A job committed just before the API process died may never have been sent: send the
         # never-started ones again (a duplicate chunk only finds claimed dies).
-        for job_id in jobs_service.open_job_ids(self.factory, state="queued"):
-            self.submit(job_id)
+        if self.resend_on_start:
+            for job_id in jobs_service.open_job_ids(self.factory, state="queued"):
+                self.submit(job_id)
 
     def _open_die_ids(self, job_id: int) -> list[int]:
         return jobs_service.open_die_ids(self.factory, job_id)

@@ -8,7 +8,6 @@ Neither keeps state that the database does not also hold: a lost chunk is found 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from abc import ABC, abstractmethod
@@ -58,12 +57,14 @@ class JobRunner(ABC):
         log.info("job %d: %d chunks submitted to the %s runner", job_id, len(parts), self.name)
         return len(parts)
 
-    def resume(self) -> list[int]:
-        """Submit every queued or running job again (duplicate chunks are harmless: claims)."""
-        job_ids = self._open_job_ids()
-        for job_id in job_ids:
+    def resume(self, job_ids: list[int] | None = None) -> list[int]:
+        """Submit every queued or running job (of ``job_ids``) again; a duplicate chunk is harmless:
+        it only finds claimed or finished dies."""
+        open_ids = self._open_job_ids()
+        chosen = open_ids if job_ids is None else [j for j in open_ids if j in set(job_ids)]
+        for job_id in chosen:
             self.submit(job_id)
-        return job_ids
+        return chosen
 
 
 class LocalRunner(JobRunner):
@@ -193,16 +194,17 @@ def build_runner(
     steps: StepFunctions | None = None,
     *,
     workers: int | None = None,
+    resume_on_start: bool = True,
 ) -> JobRunner:
     """The runner ``settings.job_runner`` names. ``local`` runs ``steps`` (default: the calibration
-    use cases) on ``workers`` threads (default: one per CPU, at most 4)."""
+    use cases) on ``workers`` threads (default: one per test site, ``CIMCAL_TEST_SITES``)."""
     if settings.job_runner == "celery":
         from app.jobs.celery_app import CeleryRunner, make_celery
 
-        return CeleryRunner(make_celery(settings.broker_url), factory)
+        return CeleryRunner(make_celery(settings.broker_url), factory, resend_on_start=resume_on_start)
     if steps is None:
         from app.jobs.steps import calibration_steps
 
         steps = calibration_steps(factory, settings)
-    n = workers if workers is not None else max(1, min(4, os.cpu_count() or 1))
-    return LocalRunner(ExecutionContext(factory, steps), workers=n)
+    n = workers if workers is not None else settings.test_sites
+    return LocalRunner(ExecutionContext(factory, steps), workers=n, resume_on_start=resume_on_start)
