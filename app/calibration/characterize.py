@@ -278,13 +278,14 @@ def _fit_linear(
     energy = np.clip(energy, 1e-9, None)
 
     s_mean = _masked_mean(s_ideal, m, cnt)
-    h_mean = _masked_mean(h, m, cnt)
     s_c = (s_ideal - s_mean.astype(np.float32)) * m
     var_s = (s_c.astype(np.float64) ** 2).sum(axis=0) / cnt
-    cov = (s_c * (h - h_mean.astype(np.float32))).sum(axis=0, dtype=np.float64) / cnt
-    gain = np.where(live, cov / np.maximum(var_s, 1e-12), 0.0)
-    h_res = h - (gain[None, :] * s_ideal).astype(np.float32)
-    h_res = (h_res - _masked_mean(h_res, m, cnt).astype(np.float32)) * m
+
+    def regress_gain(hh: NDArray[np.float32]) -> NDArray[np.float64]:
+        cov = (s_c * (hh - _masked_mean(hh, m, cnt).astype(np.float32))).sum(axis=0, dtype=np.float64) / cnt
+        return np.asarray(np.where(live, cov / np.maximum(var_s, 1e-12), 0.0), dtype=np.float64)
+
+    gain = regress_gain(h)
 
     # Stuck cells: a matched filter on z (stuck cells are sparse, so the filter beats a joint fit).
     z_c = (z - _masked_mean(z, m, cnt).astype(np.float32)) * m
@@ -309,8 +310,13 @@ def _fit_linear(
     rows, cols = np.nonzero(stuck)
     offset = np.where(live, _masked_mean(z - z_stuck, m, cnt), 0.0)
 
-    # h: stuck cells read the same under W and -W, so their healthy share is missing; put it back.
-    h_corr = h_res + _sparse_apply(a, rows, cols, np.asarray(w_all[rows, cols] * gain[cols]), n_cols) * m
+    # h: stuck cells read the same under W and -W, so their healthy share is missing; put it back
+    # (it would bias the gain by one cell in ``rows``) and regress the gain again.
+    h_fix = h
+    if rows.size:
+        h_fix = h + _sparse_apply(a, rows, cols, np.asarray(w_all[rows, cols] * gain[cols]), n_cols)
+        gain = regress_gain(h_fix)
+    h_corr = (h_fix - (gain[None, :] * s_ideal).astype(np.float32)) * m
     h_corr -= _masked_mean(h_corr, m, cnt).astype(np.float32) * m
     z_res = (z - z_stuck - offset[None, :].astype(np.float32)) * m
     n_live = float(cnt[live].sum()) if live.any() else 1.0

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -101,57 +101,90 @@ def choose_replicas(program: NetworkProgram, geometry: ChipGeometry, config: Com
     return max(1, min(config.max_replicas, most))
 
 
-def route_columns(
-    tiles: Sequence[Tile],
+def route_tile(
+    tile: Tile,
     program: NetworkProgram,
     stats: ActivationStats,
     signature: Signature | None,
     *,
     reroute: bool = True,
 ) -> tuple[NDArray[np.int16], int, int]:
-    """Column routing (n_macros, cols) int16 logical -> physical; returns (col_map, moved, unrepaired).
+    """Column routing (cols,) int16 logical -> physical of ``tile`` on its macro; (row, moved, unrepaired).
 
-    Dead bit lines are replaced by free live ones; then columns whose stuck cells disagree with the
-    weights on busy rows move too, while free lines remain. Deterministic.
+    Dead bit lines are replaced by free live ones (spares, or data columns the tile does not use);
+    then columns whose stuck cells disagree with the weights on busy rows move too, while free lines
+    remain. Deterministic.
     """
     g = stats.geometry
-    col_map = np.tile(np.arange(g.cols, dtype=np.int16), (g.n_macros, 1))
+    identity = np.arange(g.cols, dtype=np.int16)
     if signature is None or not reroute:
-        return col_map, 0, 0
-    moved = unrepaired = 0
-    for t in tiles:
-        layer = program.layer(t.layer)
-        wm = layer.weight_matrix()[t.row_start : t.row_start + t.n_rows, t.col_start : t.col_start + t.n_cols]
-        p_row = stats.layers[t.layer].p_row[t.row_start : t.row_start + t.n_rows]
-        dead = signature.dead_cols[t.macro]
-        conflict = _stuck_conflicts(signature, t.macro, wm, p_row)  # (n_cols, phys_cols) cost
-        used = list(range(t.n_cols))
-        free = [p for p in range(g.phys_cols) if p >= t.n_cols and not dead[p]]
-        assign = {lcol: lcol for lcol in used}
-        # Dead first, then the costliest stuck-cell conflicts (cost in expected MAC of error).
-        need = sorted(
-            used,
-            key=lambda lcol: (not dead[lcol], -conflict[lcol, lcol], lcol),
-        )
-        for lcol in need:
-            if not free:
-                break
-            own = conflict[lcol, lcol]
-            if not dead[lcol] and own < 0.25:
-                continue
-            best = min(free, key=lambda p: (conflict[lcol, p], p))
-            if dead[lcol] or conflict[lcol, best] < own:
-                assign[lcol] = best
-                free.remove(best)
-                moved += 1
-        unrepaired += sum(1 for lcol in used if dead[assign[lcol]])
-        taken = set(assign.values())
-        spare_phys = [p for p in range(g.phys_cols) if p not in taken]
-        row = np.zeros(g.cols, np.int16)
-        for lcol in range(g.cols):
-            row[lcol] = assign[lcol] if lcol in assign else spare_phys.pop(0)
+        dead_used = 0 if signature is None else int(signature.dead_cols[tile.macro, : tile.n_cols].sum())
+        return identity, 0, dead_used
+    layer = program.layer(tile.layer)
+    wm = layer.weight_matrix()[tile.row_start : tile.row_start + tile.n_rows, tile.col_start : tile.col_start + tile.n_cols]
+    p_row = stats.layers[tile.layer].p_row[tile.row_start : tile.row_start + tile.n_rows]
+    dead = signature.dead_cols[tile.macro]
+    conflict = _stuck_conflicts(signature, tile.macro, wm, p_row)  # (n_cols, phys_cols) expected MAC error
+    used = list(range(tile.n_cols))
+    free = [p for p in range(g.phys_cols) if p >= tile.n_cols and not dead[p]]
+    assign = {lcol: lcol for lcol in used}
+    moved = 0
+    for lcol in sorted(used, key=lambda c: (not dead[c], -conflict[c, c], c)):  # dead first, then worst
+        if not free:
+            break
+        own = conflict[lcol, lcol]
+        if not dead[lcol] and own < 0.25:
+            continue
+        best = min(free, key=lambda p: (conflict[lcol, p], p))
+        if dead[lcol] or conflict[lcol, best] < own:
+            assign[lcol] = best
+            free.remove(best)
+            moved += 1
+    unrepaired = sum(1 for lcol in used if dead[assign[lcol]])
+    taken = set(assign.values())
+    rest = [p for p in range(g.phys_cols) if p not in taken]
+    row = np.array([assign[c] if c in assign else rest.pop(0) for c in range(g.cols)], dtype=np.int16)
+    return row, moved, unrepaired
+
+
+def place_tiles(
+    program: NetworkProgram,
+    stats: ActivationStats,
+    signature: Signature | None,
+    replicas: int,
+    *,
+    reroute: bool = True,
+) -> tuple[tuple[Tile, ...], NDArray[np.int16], int, int]:
+    """Tiles (with ``replicas`` copies), column routing (n_macros, cols), moved and unrepaired columns.
+
+    Each tile goes to its natural macro (the standard mapping, copies on the next idle macros)
+    unless routing cannot repair that macro's dead bit lines and an idle macro can.
+    """
+    g = stats.geometry
+    wanted = replicated_tiles(program, g, replicas)
+    col_map = np.tile(np.arange(g.cols, dtype=np.int16), (g.n_macros, 1))
+    natural = {t.macro for t in wanted}
+    idle = [m for m in range(g.n_macros) if m not in natural]
+    placed: list[Tile] = []
+    moved_total = unrepaired_total = 0
+    for t in wanted:
+        row, moved, unrepaired = route_tile(t, program, stats, signature, reroute=reroute)
+        if unrepaired and idle and reroute:
+            for m in list(idle):
+                cand = replace(t, macro=m)
+                row2, moved2, unrep2 = route_tile(cand, program, stats, signature, reroute=reroute)
+                if unrep2 < unrepaired:
+                    idle.remove(m)
+                    idle.append(t.macro)
+                    idle.sort()
+                    t, row, moved, unrepaired = cand, row2, moved2 + 1, unrep2
+                    if unrepaired == 0:
+                        break
         col_map[t.macro] = row
-    return col_map, moved, unrepaired
+        placed.append(t)
+        moved_total += moved
+        unrepaired_total += unrepaired
+    return tuple(placed), col_map, moved_total, unrepaired_total
 
 
 def _stuck_conflicts(
@@ -416,8 +449,7 @@ def compensate_image(
     if g != stats.geometry:
         raise ValueError("signature and activation statistics were made for different geometries")
     replicas = choose_replicas(program, g, config)
-    tiles = replicated_tiles(program, g, replicas)
-    col_map, moved, unrepaired = route_columns(tiles, program, stats, signature, reroute=config.reroute)
+    tiles, col_map, moved, unrepaired = place_tiles(program, stats, signature, replicas, reroute=config.reroute)
     macros = place_routed(program, tiles, col_map, g)
     thresholds: dict[str, NDArray[np.int32]] = {}
     layer_agree: dict[str, float] = {}
