@@ -27,6 +27,17 @@ class Settings(BaseSettings):
     p_contact_loss: float = Field(0.0, ge=0.0, le=1.0)
     p_gross_defect: float = Field(0.0, ge=0.0, le=1.0)
 
+    # Dies tested at once: one driver per test site.
+    test_sites: int = Field(2, ge=1, le=64)
+    # Read vectors per die for characterization (None: the calibration package's default).
+    characterize_budget: int | None = Field(None, ge=1024)
+    # Evaluation data of the reference KWS task: calibration clips (activation statistics) and
+    # held-out test-speaker clips for the functional test, per class.
+    eval_clips_per_class: int = Field(40, ge=2, le=400)
+    functional_test_clips: int = Field(240, ge=12)
+    # Also run the uncompensated network in the functional test (accuracy before calibration).
+    measure_uncalibrated: bool = True
+
     cache_dir: Path = Path("~/.cache/cimcal")
     # Content-addressed store of weight images (files named by their SHA-256).
     image_store_dir: Path = Path("./var/images")

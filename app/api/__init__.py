@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api import dashboard, dies, exports, jobs, keys, lots, models
+from app.api import chips, dashboard, dies, exports, jobs, keys, lots, models
 from app.api.schemas.common import ERROR_RESPONSES
 
 V1_ROUTERS: tuple[APIRouter, ...] = (
     lots.router,
     dies.router,
+    chips.router,
     models.router,
     keys.router,
     exports.router,

@@ -16,11 +16,13 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel
 
 from app.config import Settings
-from app.db.session import Session, session_scope
+from app.db.session import Session, session_scope, sessionmaker
 from app.db.tables import Role
 from app.services import auth
 from app.services.auth import Principal
-from hardware.driver import Driver
+from app.services.hardware import DriverPool
+from app.services.images import ImageStore
+from app.services.runtime import ModelRuntimes
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -34,15 +36,34 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_driver(request: Request) -> Driver:
-    driver: Driver = request.app.state.driver
-    return driver
+def get_drivers(request: Request) -> DriverPool:
+    pool: DriverPool = request.app.state.drivers
+    return pool
+
+
+def get_runtimes(request: Request) -> ModelRuntimes:
+    runtimes: ModelRuntimes = request.app.state.runtimes
+    return runtimes
+
+
+def get_image_store(request: Request) -> ImageStore:
+    store: ImageStore = request.app.state.image_store
+    return store
+
+
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # scope="function": the commit happens before the response goes out, so a failed commit is a failure.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-DriverDep = Annotated[Driver, Depends(get_driver)]
+DriversDep = Annotated[DriverPool, Depends(get_drivers)]
+RuntimesDep = Annotated[ModelRuntimes, Depends(get_runtimes)]
+ImageStoreDep = Annotated[ImageStore, Depends(get_image_store)]
+# For use cases that hold the tester between short transactions (never a session across hardware I/O).
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
 _bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token")

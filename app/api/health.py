@@ -7,10 +7,9 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from app.api.deps import DriverDep, SettingsDep
+from app.api.deps import DriversDep, SettingsDep
 from app.api.schemas.common import error_response_doc, with_example
 from app.errors import UnavailableError
-from app.services.hardware import driver_status
 from app.services.health import database_status
 
 router = APIRouter(tags=["health"])
@@ -60,11 +59,11 @@ def healthz() -> Health:
         )
     },
 )
-def readyz(request: Request, driver: DriverDep) -> Readiness:
+def readyz(request: Request, drivers: DriversDep) -> Readiness:
     """The database answers (and is migrated) and the tester driver connects."""
     checks = {
         "database": database_status(request.app.state.engine),
-        "driver": driver_status(driver, request.app.state.driver_lock),
+        "driver": drivers.status(),
     }
     failing = [name for name, status in checks.items() if status != "ok"]
     if failing:

@@ -152,6 +152,13 @@ class Image(Base):
     signature_sha256: Mapped[str] = mapped_column(String(64))
     content_sha256: Mapped[str] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int]
+    # Provenance: the compensation algorithm and what it predicted for this die.
+    algorithm_version: Mapped[str] = mapped_column(String(32), default="")
+    predicted_agreement: Mapped[float | None]
+    compute_s: Mapped[float] = mapped_column(default=0.0)
+    # False when the die's defects exceed what the spares repair (soft bin 11), with the reason.
+    calibratable: Mapped[bool] = mapped_column(default=True)
+    reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -169,6 +176,8 @@ class TestResult(Base):
     hard_bin: Mapped[int]
     soft_bin: Mapped[int]
     test_time_s: Mapped[float]
+    # Why a die got an alarm or failing bin without a measurement (None for a measured result).
+    reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 

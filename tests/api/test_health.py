@@ -17,19 +17,21 @@ def test_readyz_checks_database_and_driver(client: TestClient) -> None:
     r = client.get("/readyz")
     assert r.status_code == 200
     assert r.json() == {"status": "ready", "checks": {"database": "ok", "driver": "ok"}}
-    assert client.app.state.driver.connected  # type: ignore[attr-defined]
+    pool = client.app.state.drivers  # type: ignore[attr-defined]
+    assert any(d.connected for d in pool.drivers)
 
 
 def test_readyz_is_503_when_the_driver_cannot_connect(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    driver = client.app.state.driver  # type: ignore[attr-defined]
-    driver.close()
+    pool = client.app.state.drivers  # type: ignore[attr-defined]
 
     def refuse() -> None:
         raise NotConnectedError("tester offline")
 
-    monkeypatch.setattr(driver, "_connect", refuse)
+    for driver in pool.drivers:
+        driver.close()
+        monkeypatch.setattr(driver, "_connect", refuse)
     error = assert_error(client.get("/readyz"), 503, "not_ready")
     assert error["details"]["database"] == "ok"
     assert error["details"]["driver"].startswith("not_connected")

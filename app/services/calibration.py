@@ -1,0 +1,472 @@
+"""Per-die use cases: characterize, compensate, functional test. Hardware, calibration and the
+database meet here and nowhere else.
+
+Each use case keeps database transactions short and never holds one across tester I/O: read what
+is needed, release the session, drive the tester, then write the result in one transaction (a die
+never gets a half-written signature, image or test result). All of them are safe to repeat: with
+``force=False`` a step whose result is already stored returns it without tester time, which is what
+makes a redelivered batch chunk change nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.calibration.pipeline import (
+    DEFAULT_BUDGET,
+    ModelContext,
+    SignatureFormatError,
+    characterize,
+    compensate,
+    functional_test,
+    grade,
+)
+from app.calibration.pipeline import (
+    Signature as DieSignature,
+)
+from app.config import Settings
+from app.db.repositories import audit, dies, images, models, signatures, test_results
+from app.db.session import session_scope
+from app.db.tables import Die, Image, Model, TestResult
+from app.db.tables import Signature as SignatureRow
+from app.errors import AppError, ConflictError, InvalidInputError, NotFoundError
+from app.services.hardware import DriverPool
+from app.services.images import ImageStore
+from app.services.runtime import ModelRuntime, ModelRuntimes
+from app.services.signatures import record_signature
+from hardware.chip import ImageHeader, build_image, encode_image
+from hardware.driver import DieAddress, Driver, ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+class NoSignatureError(AppError):
+    status_code = 409
+    code = "not_characterized"
+
+
+@dataclass(frozen=True)
+class CharacterizeOutcome:
+    ecid: str
+    signature_id: int
+    signature_sha256: str
+    version: int
+    reads: int
+    read_vectors: int
+    writes: int
+    tester_s: float
+    n_dead_cols: int
+    n_stuck_cells: int
+    offset_spread_mac: float
+    signature_bytes: int
+    created: bool
+    summary: dict[str, float | int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    ecid: str
+    model: str
+    image_id: int
+    content_sha256: str
+    signature_sha256: str
+    algorithm_version: str
+    predicted_agreement: float | None
+    compute_s: float
+    size_bytes: int
+    calibratable: bool
+    reason: str | None
+    created: bool
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    __test__ = False  # not a pytest class
+
+    ecid: str
+    model: str
+    result_id: int
+    accuracy: float
+    accuracy_uncalibrated: float | None
+    hard_bin: int
+    soft_bin: int
+    bin_label: str
+    test_time_s: float
+    n_clips: int
+    image_sha256: str | None
+    created: bool
+
+
+# ------------------------------------------------------------------------------------------ helpers
+Db = Session | sessionmaker[Session]
+"""A request's session (every phase joins its transaction) or a factory (one short transaction per
+phase, so batch workers never hold the database across tester I/O)."""
+
+
+def _scope(db: Db) -> AbstractContextManager[Session]:
+    return nullcontext(db) if isinstance(db, Session) else session_scope(db)
+
+
+def parse_model_ref(ref: str) -> tuple[str, str]:
+    name, sep, version = ref.partition("@")
+    if not sep or not name or not version:
+        raise InvalidInputError(f"model reference {ref!r}: expected name@version", code="invalid_model_ref")
+    return name, version
+
+
+def _die(session: Session, ecid: str) -> Die:
+    try:
+        DieAddress.from_ecid(ecid)
+    except ValueError as e:
+        raise InvalidInputError(str(e), code="invalid_ecid") from e
+    die = dies.get_by_ecid(session, ecid)
+    if die is None:
+        raise NotFoundError(f"no die {ecid!r}; register its lot first")
+    return die
+
+
+def _model(session: Session, ref: str, *, with_blob: bool = False) -> Model:
+    name, version = parse_model_ref(ref)
+    model = models.get(session, name, version, with_blob=with_blob)
+    if model is None:
+        raise NotFoundError(f"no model {ref!r}", code="model_not_found")
+    return model
+
+
+def _characterize_outcome(
+    ecid: str, sig: SignatureRow, created: bool, summary: dict[str, Any]
+) -> CharacterizeOutcome:
+    return CharacterizeOutcome(
+        ecid=ecid,
+        signature_id=sig.id,
+        signature_sha256=sig.sha256,
+        version=sig.version,
+        reads=sig.reads,
+        read_vectors=int(summary.get("read_vectors", 0)),
+        writes=int(summary.get("writes", 0)),
+        tester_s=sig.tester_s,
+        n_dead_cols=sig.n_dead_cols,
+        n_stuck_cells=sig.n_stuck_cells,
+        offset_spread_mac=sig.offset_spread_mac,
+        signature_bytes=len(sig.blob),
+        created=created,
+        summary=summary,
+    )
+
+
+def _probe(driver: Driver, ecid: str) -> None:
+    ident = driver.probe(DieAddress.from_ecid(ecid))
+    if ident.ecid != ecid:
+        raise ProtocolError(f"prober reached {ident.ecid}, expected {ecid}", protocol_code=0x11)
+
+
+def _die_seed(ecid: str) -> int:
+    """A stable per-die seed for the test-pattern draw (the same die always gets the same patterns)."""
+    return int.from_bytes(hashlib.sha256(ecid.encode()).digest()[:8], "little")
+
+
+# ----------------------------------------------------------------------------------- characterize
+def characterize_die(
+    db: Db,
+    pool: DriverPool,
+    ecid: str,
+    *,
+    force: bool = True,
+    budget: int | None = None,
+    actor: str = "system",
+) -> CharacterizeOutcome:
+    """Measure the die's signature and make it current (``force=False``: reuse a current one)."""
+    with _scope(db) as s:
+        die = _die(s, ecid)
+        die_id = die.id
+        current = signatures.current(s, die_id)
+        if current is not None and not force:
+            return _characterize_outcome(ecid, current, False, {})
+    with pool.acquire() as driver:
+        _probe(driver, ecid)
+        result = characterize(driver, budget=budget or DEFAULT_BUDGET, rng=_die_seed(ecid))
+    blob = result.signature.to_bytes()
+    summary = result.summary()
+    with _scope(db) as s:
+        sig = record_signature(
+            s,
+            die_id=die_id,
+            blob=blob,
+            reads=result.reads,
+            tester_s=result.tester_s,
+            n_dead_cols=result.signature.n_dead_cols,
+            n_stuck_cells=result.signature.n_stuck_cells,
+            offset_spread_mac=float(summary.get("offset_spread_mac", 0.0)),
+            actor=actor,
+        )
+    return _characterize_outcome(ecid, sig, True, summary)
+
+
+# ------------------------------------------------------------------------------------- compensate
+def _runtime(runtimes: ModelRuntimes, model: Model) -> ModelRuntime:
+    return runtimes.get(model.name, model.version, model.sha256, model.blob)
+
+
+def _image_outcome(ecid: str, ref: str, row: Image, created: bool) -> ImageOutcome:
+    return ImageOutcome(
+        ecid=ecid,
+        model=ref,
+        image_id=row.id,
+        content_sha256=row.content_sha256,
+        signature_sha256=row.signature_sha256,
+        algorithm_version=row.algorithm_version,
+        predicted_agreement=row.predicted_agreement,
+        compute_s=row.compute_s,
+        size_bytes=row.size_bytes,
+        calibratable=row.calibratable,
+        reason=row.reason,
+        created=created,
+    )
+
+
+def compensate_die(
+    db: Db,
+    runtimes: ModelRuntimes,
+    store: ImageStore,
+    ecid: str,
+    model_ref: str,
+    *,
+    actor: str = "system",
+) -> ImageOutcome:
+    """The die's weight image for a model, computed from its current signature on first request."""
+    with _scope(db) as s:
+        die = _die(s, ecid)
+        model = _model(s, model_ref, with_blob=True)
+        sig = signatures.current(s, die.id)
+        if sig is None:
+            raise NoSignatureError(f"die {ecid} has no signature; characterize it first")
+        existing = images.get(s, die.id, model.id, sig.id)
+        if existing is not None and store.exists(existing.content_sha256):
+            return _image_outcome(ecid, model_ref, existing, False)
+        die_id, model_id, sig_id, sig_sha, sig_blob = die.id, model.id, sig.id, sig.sha256, sig.blob
+        runtime = _runtime(runtimes, model)
+    try:
+        signature = DieSignature.from_bytes(sig_blob)
+    except SignatureFormatError as e:
+        raise ConflictError(f"stored signature of {ecid} is unreadable: {e}", code="signature_corrupt") from e
+    out = compensate(ModelContext(runtime.program, runtime.stats), signature, ecid, sig_sha)
+    data = out.image_bytes
+    content = store.put(data)
+    row = Image(
+        die_id=die_id,
+        model_id=model_id,
+        signature_id=sig_id,
+        ecid=ecid,
+        signature_sha256=sig_sha,
+        content_sha256=content,
+        size_bytes=len(data),
+        algorithm_version=out.algorithm_version,
+        predicted_agreement=out.predicted_agreement,
+        compute_s=out.compute_s,
+        calibratable=out.calibratable,
+        reason=out.reason or None,
+    )
+    try:
+        with _scope(db) as s, s.begin_nested():
+            images.add(s, row)
+            audit.add(
+                s,
+                actor=actor,
+                action="image.compute",
+                target=ecid,
+                details={"model": model_ref, "sha256": content},
+            )
+    except IntegrityError:
+        # A concurrent request stored the same (die, model, signature) first: serve that row.
+        with _scope(db) as s:
+            winner = images.get(s, die_id, model_id, sig_id)
+            assert winner is not None
+            return _image_outcome(ecid, model_ref, winner, False)
+    return _image_outcome(ecid, model_ref, row, True)
+
+
+def image_bytes(store: ImageStore, outcome: ImageOutcome) -> bytes:
+    data = store.get(outcome.content_sha256)
+    if data is None:
+        raise NotFoundError(f"image {outcome.content_sha256} is missing from the store", code="image_missing")
+    return data
+
+
+# -------------------------------------------------------------------------------- functional test
+def _test_outcome(
+    ecid: str,
+    ref: str,
+    row: TestResult,
+    before: float | None,
+    label: str,
+    n: int,
+    sha: str | None,
+    created: bool,
+) -> TestOutcome:
+    return TestOutcome(
+        ecid=ecid,
+        model=ref,
+        result_id=row.id,
+        accuracy=row.accuracy,
+        accuracy_uncalibrated=before,
+        hard_bin=row.hard_bin,
+        soft_bin=row.soft_bin,
+        bin_label=label,
+        test_time_s=row.test_time_s,
+        n_clips=n,
+        image_sha256=sha,
+        created=created,
+    )
+
+
+def functional_test_die(
+    db: Db,
+    pool: DriverPool,
+    runtimes: ModelRuntimes,
+    store: ImageStore,
+    settings: Settings,
+    ecid: str,
+    model_ref: str,
+    *,
+    force: bool = True,
+    actor: str = "system",
+) -> TestOutcome:
+    """Program the die's image, run the held-out test clips through it, store accuracy and bins.
+
+    With ``settings.measure_uncalibrated`` the uncompensated network is measured too (a second
+    test_result row without an image: the accuracy *before* calibration).
+    """
+    image = compensate_die(db, runtimes, store, ecid, model_ref, actor=actor)
+    with _scope(db) as s:
+        die = _die(s, ecid)
+        model = _model(s, model_ref, with_blob=True)
+        if not force:
+            done = test_results.latest(s, die.id, model.id, image_id=image.image_id)
+            if done is not None:
+                earlier = test_results.latest(s, die.id, model.id, image_id=None)
+                _, _, label = grade(done.accuracy, calibratable=image.calibratable)
+                return _test_outcome(
+                    ecid,
+                    model_ref,
+                    done,
+                    earlier.accuracy if earlier else None,
+                    label,
+                    0,
+                    image.content_sha256,
+                    False,
+                )
+        die_id, model_id = die.id, model.id
+        runtime = _runtime(runtimes, model)
+    data = image_bytes(store, image)
+    ev = runtimes.eval_data()
+    t0 = time.perf_counter()
+    with pool.acquire() as driver:
+        _probe(driver, ecid)
+        before = None
+        if settings.measure_uncalibrated:
+            ideal = build_image(
+                runtime.program,
+                driver.geometry(),
+                ImageHeader(ecid, runtime.name, runtime.version, "", "uncalibrated"),
+            )
+            before = functional_test(driver, encode_image(ideal), ev.test_features, ev.test_labels)
+        after = functional_test(driver, data, ev.test_features, ev.test_labels)
+    hard, soft, label = grade(after.accuracy, calibratable=image.calibratable)
+    with _scope(db) as s:
+        if before is not None:
+            hb, sb, _ = grade(before.accuracy)
+            test_results.add(
+                s,
+                TestResult(
+                    die_id=die_id,
+                    model_id=model_id,
+                    image_id=None,
+                    accuracy=before.accuracy,
+                    hard_bin=hb,
+                    soft_bin=sb,
+                    test_time_s=before.tester_s,
+                ),
+            )
+        row = test_results.add(
+            s,
+            TestResult(
+                die_id=die_id,
+                model_id=model_id,
+                image_id=image.image_id,
+                accuracy=after.accuracy,
+                hard_bin=hard,
+                soft_bin=soft,
+                test_time_s=after.tester_s,
+            ),
+        )
+        audit.add(
+            s,
+            actor=actor,
+            action="functional_test",
+            target=ecid,
+            details={"model": model_ref, "accuracy": after.accuracy, "soft_bin": soft},
+        )
+    log.info(
+        "functional test %s %s: %.3f (bin %d) in %.2f s",
+        ecid,
+        model_ref,
+        after.accuracy,
+        soft,
+        time.perf_counter() - t0,
+    )
+    return _test_outcome(
+        ecid,
+        model_ref,
+        row,
+        before.accuracy if before else None,
+        label,
+        len(ev.test_labels),
+        image.content_sha256,
+        True,
+    )
+
+
+def record_alarm(
+    db: Db,
+    ecid: str,
+    model_ref: str | None,
+    step: str,
+    reason: str,
+    *,
+    die_fault: bool = False,
+    actor: str = "system",
+) -> None:
+    """Bin a die that could not be tested: bin 0 (tester alarm) or the die-fault bin, with the reason."""
+    hard, soft, label = grade(None, gross_defect=die_fault, tester_alarm=not die_fault)
+    with _scope(db) as s:
+        die = _die(s, ecid)
+        model = _model(s, model_ref) if model_ref else None
+        if model is not None:
+            test_results.add(
+                s,
+                TestResult(
+                    die_id=die.id,
+                    model_id=model.id,
+                    image_id=None,
+                    accuracy=0.0,
+                    hard_bin=hard,
+                    soft_bin=soft,
+                    test_time_s=0.0,
+                    reason=f"{step}: {reason}",
+                ),
+            )
+        audit.add(
+            s,
+            actor=actor,
+            action="die.alarm",
+            target=ecid,
+            details={"step": step, "reason": reason, "soft_bin": soft, "label": label},
+        )

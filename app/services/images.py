@@ -1,0 +1,61 @@
+"""The content-addressed store of weight images: one file per distinct image, named by its SHA-256.
+
+Writes are atomic (temporary file, fsync, rename), so a crash never leaves a torn image under a
+valid name; reads verify the hash, so a corrupted file is reported rather than served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from app.errors import AppError
+
+
+class ImageStoreError(AppError):
+    status_code = 500
+    code = "image_store_corrupt"
+
+
+class ImageStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+        return self.root / sha256[:2] / f"{sha256}.cimg"
+
+    def put(self, data: bytes) -> str:
+        """Store ``data`` (idempotent); returns its SHA-256."""
+        sha = hashlib.sha256(data).hexdigest()
+        target = self.path(sha)
+        if target.exists():
+            return sha
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return sha
+
+    def get(self, sha256: str) -> bytes | None:
+        """The stored bytes, or None when absent; raises when the file does not match its name."""
+        try:
+            data = self.path(sha256).read_bytes()
+        except FileNotFoundError:
+            return None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ImageStoreError(f"stored image {sha256} is corrupted on disk")
+        return data
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).exists()
