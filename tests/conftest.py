@@ -99,11 +99,17 @@ def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
         yield s
 
 
+SHARED_CACHE_DIR = Path.home() / ".cache" / "cimcal" / "tests"
+
+
 def _test_settings(database_url: str, tmp: Path) -> Settings:
     return Settings(
         database_url=database_url,
         auto_migrate=False,  # migrated once per session above; tests/db checks the start-up upgrade
-        cache_dir=tmp / "cache",
+        # The KWS evaluation clips and model statistics are shared by every test session of a machine.
+        cache_dir=SHARED_CACHE_DIR,
+        eval_clips_per_class=4,
+        functional_test_clips=24,
         image_store_dir=tmp / "images",
         auth_enabled=True,
         bootstrap_admin_key=None,
