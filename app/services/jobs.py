@@ -14,7 +14,9 @@ errors:
 * :class:`~hardware.driver.DieFault`: not retried; the die gets the die-fault bin with the reason
   (``steps.alarm(..., die_fault=True)``); any other hardware error (a protocol error, a lost tester)
   is not retried either and gets the alarm bin;
-* a service error (e.g. compensating a die without a signature) fails the item with its message.
+* a service error (e.g. compensating a die without a signature) fails the item with its message;
+* a database error (``OperationalError``: connection lost, SQLite busy) is not the die's fault: the
+  chunk stops, the die's claims are handed back and the runner runs the chunk again later.
 
 A step whose earlier step failed on that die is not run (failed, "not run: <step> failed").
 """
@@ -22,6 +24,7 @@ A step whose earlier step failed on that die is not run (failed, "not run: <step
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import socket
@@ -32,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from threadpoolctl import threadpool_limits
 
@@ -385,20 +389,21 @@ def worker_id() -> str:
 
 
 class Heartbeat:
-    """Refreshes the lease of the items this process is running, every ``interval_s``, on a daemon
-    thread; a process that dies stops beating and its items become claimable after the lease."""
+    """Refreshes, every ``interval_s`` on a daemon thread, the lease of the items held by the claims
+    in progress in this process. A process that dies, or a chunk that fails, stops beating for its
+    claims: their items become claimable again once the lease runs out."""
 
-    def __init__(self, factory: sessionmaker[Session], owner: str, interval_s: float) -> None:
+    def __init__(self, factory: sessionmaker[Session], interval_s: float) -> None:
         self.factory = factory
-        self.owner = owner
         self.interval_s = interval_s
-        self._jobs: dict[int, int] = {}
+        self._claims: dict[str, int] = {}  # claim token -> job id
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self._thread is None:
+            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="cimcal-heartbeat", daemon=True)
             self._thread.start()
 
@@ -408,25 +413,21 @@ class Heartbeat:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def track(self, job_id: int) -> None:
+    def track(self, token: str, job_id: int) -> None:
         with self._lock:
-            self._jobs[job_id] = self._jobs.get(job_id, 0) + 1
+            self._claims[token] = job_id
 
-    def untrack(self, job_id: int) -> None:
+    def untrack(self, token: str) -> None:
         with self._lock:
-            n = self._jobs.get(job_id, 0) - 1
-            if n > 0:
-                self._jobs[job_id] = n
-            else:
-                self._jobs.pop(job_id, None)
+            self._claims.pop(token, None)
 
     def beat(self) -> int:
         with self._lock:
-            job_ids = list(self._jobs)
-        if not job_ids:
+            claims = dict(self._claims)
+        if not claims:
             return 0
         with session_scope(self.factory) as s:
-            return repo.heartbeat(s, owner=self.owner, job_ids=job_ids, now=utcnow())
+            return repo.heartbeat(s, owners=list(claims), job_ids=set(claims.values()), now=utcnow())
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -439,7 +440,8 @@ class Heartbeat:
 @dataclass
 class ExecutionContext:
     """Everything :func:`process_chunk` needs in one process: the database, the step functions, this
-    worker's identity and lease. ``lease_s`` must exceed the heartbeat interval by a good margin."""
+    worker's identity and lease. Items are claimed under a token ``<owner>/<n>``, one per
+    :func:`process_chunk` call, kept alive by the heartbeat (every ``lease_s / 4``)."""
 
     factory: sessionmaker[Session]
     steps: StepFunctions
@@ -448,10 +450,14 @@ class ExecutionContext:
     sleep: Callable[[float], None] = time.sleep
     heartbeat: Heartbeat | None = None
     _numerics_pinned: bool = field(default=False, init=False, repr=False)
+    _claims: itertools.count[int] = field(default_factory=itertools.count, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.heartbeat is None:
-            self.heartbeat = Heartbeat(self.factory, self.owner, interval_s=max(0.05, self.lease_s / 4))
+            self.heartbeat = Heartbeat(self.factory, interval_s=max(0.05, self.lease_s / 4))
+
+    def new_claim(self) -> str:
+        return f"{self.owner}/{next(self._claims)}"
 
     def start(self) -> None:
         assert self.heartbeat is not None
@@ -512,6 +518,8 @@ def _run_step(ctx: ExecutionContext, call: StepCall, retry: RetryPolicy) -> tupl
             return JobState.failed, f"alarm: {reason}", attempt
         except AppError as e:
             return JobState.failed, f"{call.step}: {e.code}: {e.message}", attempt
+        except OperationalError:
+            raise  # the database, not the die: the chunk fails, its claims go back, it runs again
         except Exception as e:
             log.exception("%s %s: unexpected error", call.ecid, call.step)
             return JobState.failed, f"{call.step}: internal error: {type(e).__name__}: {e}", attempt
@@ -532,6 +540,7 @@ def _effective_force(s: Session, params: JobParams, job: Job, die_id: int, step:
 
 def _process_die(
     ctx: ExecutionContext,
+    token: str,
     job: Job,
     params: JobParams,
     die_id: int,
@@ -544,7 +553,7 @@ def _process_die(
             s,
             job_id=job.id,
             die_id=die_id,
-            owner=ctx.owner,
+            owner=token,
             now=now,
             stale_before=now - timedelta(seconds=ctx.lease_s),
         )
@@ -553,7 +562,31 @@ def _process_die(
         states = repo.die_states(s, job.id, die_id)
     item_of = {step: item_id for item_id, step in claimed}
     todo = [step for step in params.steps if step in item_of]
+    try:
+        return _run_die(ctx, token, job, params, die_id, ecid, should_stop, states, item_of, todo)
+    except BaseException:
+        # The chunk fails (the database went away, the process is told to exit): hand the die's
+        # unfinished items back at once rather than after the lease, if the database lets us.
+        try:
+            with session_scope(ctx.factory) as s:
+                repo.release(s, item_ids=list(item_of.values()), owner=token, now=utcnow())
+        except Exception:
+            log.warning("job %d die %s: could not release the claim", job.id, ecid, exc_info=True)
+        raise
 
+
+def _run_die(
+    ctx: ExecutionContext,
+    token: str,
+    job: Job,
+    params: JobParams,
+    die_id: int,
+    ecid: str,
+    should_stop: Callable[[], bool],
+    states: dict[str, str],
+    item_of: dict[str, int],
+    todo: list[str],
+) -> Literal["done", "cancelled", "lost"]:
     for i, step in enumerate(todo):
         with session_scope(ctx.factory) as s:
             job_state = repo.state_of(s, job.id)
@@ -566,14 +599,14 @@ def _process_die(
                         repo.finish_item(
                             s,
                             item_id=item_of[rest],
-                            owner=ctx.owner,
+                            owner=token,
                             state=JobState.cancelled,
                             error=None,
                             attempts=0,
                             now=now,
                         )
                 else:
-                    repo.release(s, item_ids=[item_of[r] for r in todo[i:]], owner=ctx.owner, now=now)
+                    repo.release(s, item_ids=[item_of[r] for r in todo[i:]], owner=token, now=now)
             return "cancelled"
         failed_before = next(
             (
@@ -594,7 +627,7 @@ def _process_die(
             kept = repo.finish_item(
                 s,
                 item_id=item_of[step],
-                owner=ctx.owner,
+                owner=token,
                 state=state,
                 error=error,
                 attempts=attempts,
@@ -632,7 +665,8 @@ def process_chunk(
     unclaimed: list[int] = []
     stopped = False
     assert ctx.heartbeat is not None
-    ctx.heartbeat.track(job_id)
+    token = ctx.new_claim()
+    ctx.heartbeat.track(token, job_id)
     try:
         for die_id in die_ids:
             if die_id not in ecids:
@@ -640,7 +674,7 @@ def process_chunk(
             if should_stop():
                 stopped = True
                 break
-            outcome = _process_die(ctx, job, params, die_id, ecids[die_id], should_stop)
+            outcome = _process_die(ctx, token, job, params, die_id, ecids[die_id], should_stop)
             if outcome == "cancelled":
                 stopped = True
                 break
@@ -649,9 +683,9 @@ def process_chunk(
             else:
                 processed.append(die_id)
     finally:
-        ctx.heartbeat.untrack(job_id)
+        ctx.heartbeat.untrack(token)
     with session_scope(ctx.factory) as s:
-        busy = repo.held_elsewhere(s, job_id=job_id, die_ids=unclaimed, owner=ctx.owner)
+        busy = repo.held_elsewhere(s, job_id=job_id, die_ids=unclaimed, owner=token)
         if repo.finish_if_done(s, job_id, utcnow()):
             log.info("job %d finished", job_id)
     return ChunkResult(processed=processed, busy=busy, stopped=stopped)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -10,6 +11,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
@@ -327,3 +329,29 @@ def test_retry_policy_per_error_kind(
             )
         ]
     )
+
+
+def test_a_database_error_in_a_step_hands_the_die_back_instead_of_failing_it(
+    session_factory: Factory, lot_ecids: list[str], make_context: Callable[..., Harness]
+) -> None:
+    job_id = create_job(session_factory, ("characterize",))
+    h = make_context()
+    real = h.context.steps.characterize
+    hiccups = [OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))]
+
+    def flaky(call: StepCall) -> object:
+        if hiccups:
+            raise hiccups.pop()
+        return real(call)
+
+    h.context.steps = dataclasses.replace(h.context.steps, characterize=flaky)
+    die_ids = jobs.open_die_ids(session_factory, job_id)
+    with pytest.raises(OperationalError):
+        process_chunk(h.context, job_id, die_ids)
+    assert jobs.open_die_ids(session_factory, job_id) == die_ids  # nothing lost, nothing held
+    with session_scope(session_factory) as s:
+        assert s.scalar(select(func.count()).where(JobItem.state == JobState.running)) == 0
+    result = process_chunk(h.context, job_id, die_ids)
+    assert result.processed == die_ids and result.busy == []
+    assert job_state(session_factory, job_id) == JobState.succeeded
+    assert set(per_die(session_factory, Signature).values()) == {1}

@@ -153,7 +153,7 @@ def claim_die(
 
 
 def held_elsewhere(session: Session, *, job_id: int, die_ids: Collection[int], owner: str) -> list[int]:
-    """Dies with an item running under another worker's live lease."""
+    """Dies with an item running under another claim than ``owner`` (live or not yet expired)."""
     if not die_ids:
         return []
     stmt = (
@@ -204,16 +204,17 @@ def finish_item(
     return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
-def heartbeat(session: Session, *, owner: str, job_ids: Collection[int], now: datetime) -> int:
-    """Refresh the lease of every item of ``job_ids`` that ``owner`` is running; returns how many."""
-    if not job_ids:
+def heartbeat(session: Session, *, owners: Collection[str], job_ids: Collection[int], now: datetime) -> int:
+    """Refresh the lease of every item of ``job_ids`` running under one of the claims ``owners``;
+    returns how many."""
+    if not job_ids or not owners:
         return 0
     done = session.execute(
         update(JobItem)
         .where(
             JobItem.job_id.in_(list(job_ids)),
             JobItem.state == JobState.running,
-            JobItem.claimed_by == owner,
+            JobItem.claimed_by.in_(list(owners)),
         )
         .values(heartbeat_at=now)
         .execution_options(synchronize_session=False)
