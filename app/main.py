@@ -115,7 +115,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.runtimes = ModelRuntimes(settings)
     app.state.image_store = ImageStore(settings.image_store_dir)
     # Batch jobs: the local runner resumes unfinished jobs here; the celery runner only sends.
-    app.state.job_runner = build_runner(settings, factory)
+    app.state.job_runner = build_runner(
+        settings, factory, pool=pool, runtimes=app.state.runtimes, store=app.state.image_store
+    )
     app.state.job_runner.start()
     try:
         yield
