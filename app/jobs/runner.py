@@ -11,12 +11,18 @@ import logging
 import queue
 import threading
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.services import jobs as jobs_service
 from app.services.jobs import ExecutionContext, StepFunctions
+
+if TYPE_CHECKING:
+    from app.services.hardware import DriverPool
+    from app.services.images import ImageStore
+    from app.services.runtime import ModelRuntimes
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +201,13 @@ def build_runner(
     *,
     workers: int | None = None,
     resume_on_start: bool = True,
+    pool: DriverPool | None = None,
+    runtimes: ModelRuntimes | None = None,
+    store: ImageStore | None = None,
 ) -> JobRunner:
     """The runner ``settings.job_runner`` names. ``local`` runs ``steps`` (default: the calibration
-    use cases) on ``workers`` threads (default: one per test site, ``CIMCAL_TEST_SITES``)."""
+    use cases on ``pool``, ``runtimes`` and ``store``, the service's own when it passes them) on
+    ``workers`` threads (default: one per test site, ``CIMCAL_TEST_SITES``)."""
     if settings.job_runner == "celery":
         from app.jobs.celery_app import CeleryRunner, make_celery
 
@@ -205,6 +215,6 @@ def build_runner(
     if steps is None:
         from app.jobs.steps import calibration_steps
 
-        steps = calibration_steps(factory, settings)
+        steps = calibration_steps(factory, settings, pool=pool, runtimes=runtimes, store=store)
     n = workers if workers is not None else settings.test_sites
     return LocalRunner(ExecutionContext(factory, steps), workers=n, resume_on_start=resume_on_start)
