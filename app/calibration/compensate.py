@@ -62,7 +62,7 @@ class CompensationConfig:
     use_cell_error: bool = True
     use_edges: bool = True
     reroute: bool = True
-    window: int = 8
+    window: int = 4
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,11 @@ def _code_moments(
     """
     lsb = geometry.adc_lsb_mac
     lo, hi = float(geometry.code_min), float(geometry.code_max)
-    mean = _clipped_normal_mean(v / lsb, sd / lsb, lo, hi)
+    # The rails only bend the mean within a few sigma of them.
+    mean = v / lsb
+    near = (np.abs(v) + 6.0 * sd) >= min(-lo, hi) * lsb
+    if np.any(near):
+        mean[near] = _clipped_normal_mean(v[near] / lsb, sd[near] / lsb, lo, hi)
     var = (sd / lsb) ** 2 + 1.0 / 12.0
     fine = sd < 0.5 * lsb
     if np.any(fine):
@@ -272,43 +276,59 @@ def _code_moments(
     return mean, var
 
 
-def _tile_extra(
+def _tile_extras(
     stats: LayerStats,
     program: NetworkProgram,
     layer_name: str,
-    tile: Tile,
-    phys: NDArray[np.int64],
+    tiles: Sequence[Tile],
+    col_map: NDArray[np.int16],
     signature: Signature,
     use_cells: bool,
-) -> NDArray[np.float64] | None:
-    """Analog terms (nc, n) MAC of the sampled patches beyond ``gain * ideal sum``: cells and stuck cells."""
-    r0, nr, c0, nc = tile.row_start, tile.n_rows, tile.col_start, tile.n_cols
-    s = signature.stuck
-    stuck_sel = np.flatnonzero((s.macro == tile.macro) & (s.row < nr) & np.isin(s.col, phys))
-    cells = signature.cell_error is not None and use_cells
-    if not cells and stuck_sel.size == 0:
-        return None
-    wm = program.layer(layer_name).weight_matrix()[r0 : r0 + nr, c0 : c0 + nc].astype(np.float64)  # (nr, nc)
-    gain = signature.gain[tile.macro, phys].astype(np.float64)  # (nc,)
-    n = stats.sample_idx.shape[1]
-    extra = np.zeros((nc, n), np.float64)
+) -> list[NDArray[np.float64] | None]:
+    """Analog terms (nc, n) MAC of the sampled patches beyond ``gain * ideal sum``, per tile of one
+    column tile: the per-cell errors (one matrix product per row tile, all copies at once) and the
+    stuck cells (sparse)."""
+    c0, nc = tiles[0].col_start, tiles[0].n_cols
     idx = stats.sample_idx[c0 : c0 + nc]  # (nc, n)
+    wm_all = program.layer(layer_name).weight_matrix()
+    cells = signature.cell_error is not None and use_cells
+    out: list[NDArray[np.float64] | None] = [None] * len(tiles)
     if cells:
         assert signature.cell_error is not None
-        err = signature.cell_error[tile.macro, :nr, :][:, phys].astype(np.float64)  # (nr, nc)
-        coef = (wm * err * gain[None, :]).astype(np.float32)  # per-row contribution beyond g * w
-        x = stats.pool[:, r0 : r0 + nr].astype(np.float32)  # (P, nr)
-        full = x @ coef  # (P, nc)
-        extra += np.take_along_axis(full, idx.T, axis=0).T
-    col_of = {int(p): j for j, p in enumerate(phys)}
-    for i in stuck_sel:
-        j, r = col_of[int(s.col[i])], int(s.row[i])
-        rel = 1.0 if signature.cell_error is None or not use_cells else 1.0 + float(signature.cell_error[tile.macro, r, s.col[i]])
-        healthy = wm[r, j] * gain[j] * rel
-        delta = float(s.value[i]) * float(s.magnitude[i]) - healthy
-        active = stats.pool[idx[j], r0 + r].astype(np.float64)
-        extra[j] += delta * active
-    return extra
+        rows_of = np.unique(idx)  # the pool patches some channel sampled
+        where = np.searchsorted(rows_of, idx)  # (nc, n) positions in rows_of
+        for rt in sorted({t.row_tile for t in tiles}):
+            members = [i for i, t in enumerate(tiles) if t.row_tile == rt]
+            r0, nr = tiles[members[0]].row_start, tiles[members[0]].n_rows
+            wm = wm_all[r0 : r0 + nr, c0 : c0 + nc].astype(np.float32)  # (nr, nc)
+            coefs = []
+            for i in members:
+                t = tiles[i]
+                phys = col_map[t.macro, :nc].astype(np.int64)
+                err = signature.cell_error[t.macro, :nr, :][:, phys]
+                coefs.append(wm * err * signature.gain[t.macro, phys][None, :])  # beyond g * w, per row
+            x = stats.pool[rows_of, r0 : r0 + nr].astype(np.float32)  # (u, nr)
+            full = x @ np.concatenate(coefs, axis=1)  # (u, nc * copies)
+            for k, i in enumerate(members):
+                part = full[:, k * nc : (k + 1) * nc]
+                out[i] = np.take_along_axis(part, where.T, axis=0).T.astype(np.float64)
+    s = signature.stuck
+    for i, t in enumerate(tiles):
+        phys = col_map[t.macro, :nc].astype(np.int64)
+        r0, nr = t.row_start, t.n_rows
+        sel = np.flatnonzero((s.macro == t.macro) & (s.row < nr) & np.isin(s.col, phys))
+        if sel.size == 0:
+            continue
+        extra = out[i] if out[i] is not None else np.zeros(idx.shape, np.float64)
+        col_of = {int(p): j for j, p in enumerate(phys)}
+        for k in sel:
+            j, r = col_of[int(s.col[k])], int(s.row[k])
+            rel = 1.0 + float(signature.cell_error[t.macro, r, s.col[k]]) if cells and signature.cell_error is not None else 1.0
+            healthy = float(wm_all[r0 + r, c0 + j]) * float(signature.gain[t.macro, s.col[k]]) * rel
+            delta = float(s.value[k]) * float(s.magnitude[k]) - healthy
+            extra[j] += delta * stats.pool[idx[j], r0 + r].astype(np.float64)
+        out[i] = extra
+    return out
 
 
 def _instances(
@@ -323,7 +343,8 @@ def _instances(
     out = []
     edges_all = signature.edges_mac() if config.use_edges else None
     g = signature.geometry
-    for t in tiles:
+    extras = _tile_extras(stats, program, layer_name, tiles, col_map, signature, config.use_cell_error)
+    for t, extra in zip(tiles, extras, strict=True):
         phys = col_map[t.macro, : t.n_cols].astype(np.int64)
         if edges_all is None:
             k = np.arange(g.code_min + 1, g.code_max + 1, dtype=np.float64)
@@ -339,58 +360,75 @@ def _instances(
                 dead=signature.dead_cols[t.macro, phys],
                 dead_code=signature.dead_code[t.macro, phys].astype(np.float64),
                 edges=edges,
-                extra=_tile_extra(stats, program, layer_name, t, phys, signature, config.use_cell_error),
+                extra=extra,
             )
         )
     return out
 
 
-def predict_decision_prob(
-    stats: LayerStats,
-    c0: int,
-    nc: int,
-    instances: Sequence[_Instance],
-    signature: Signature,
-    candidates: NDArray[np.int64],
-    use_cells: bool,
-) -> NDArray[np.float64]:
-    """P(sum of codes >= T) for channels c0..c0+nc, sampled patches and thresholds: (nc, n, n_cand)."""
+@dataclass
+class _SampleModel:
+    """Predicted code-sum distribution of every sampled patch of one column tile (computed once).
+
+    One tile: the analog value ``v`` and noise ``sd`` (nc, n), decided exactly against the ADC edge
+    of the candidate threshold. Several tiles: mean and variance (nc, n) of the summed codes (a
+    Gaussian with continuity correction).
+    """
+
+    single: _Instance | None
+    center: NDArray[np.float64]
+    spread: NDArray[np.float64]
+    geometry: ChipGeometry
+
+    def prob(self, candidates: NDArray[np.int64]) -> NDArray[np.float64]:
+        """P(sum of codes >= T) (nc, n, n_cand) for thresholds ``candidates`` (nc, n_cand)."""
+        g = self.geometry
+        inst = self.single
+        if inst is None:
+            z = (self.center[:, :, None] - candidates[:, None, :] + 0.5) / self.spread[:, :, None]
+            return np.asarray(ndtr(z), dtype=np.float64)
+        t = candidates
+        idx = np.clip(t - g.code_min - 1, 0, g.adc_levels - 2)
+        edge = np.take_along_axis(inst.edges, idx, axis=1)  # (nc, n_cand)
+        p = ndtr((self.center[:, :, None] - edge[:, None, :]) / self.spread[:, :, None])
+        p = np.where((t <= g.code_min)[:, None, :], 1.0, p)
+        p = np.where((t > g.code_max)[:, None, :], 0.0, p)
+        if np.any(inst.dead):
+            dead_p = (inst.dead_code[:, None] >= t).astype(np.float64)
+            p = np.where(inst.dead[:, None, None], dead_p[:, None, :], p)
+        return np.asarray(p, dtype=np.float64)
+
+
+def sample_model(
+    stats: LayerStats, c0: int, nc: int, instances: Sequence[_Instance], signature: Signature, use_cells: bool
+) -> _SampleModel:
+    """The :class:`_SampleModel` of channels c0..c0+nc on the die described by ``signature``."""
     g = signature.geometry
     resid = signature.cell_residual_sigma if (use_cells and signature.cell_error is not None) else signature.cell_sigma
     s_sum = stats.tile_sum[c0 : c0 + nc].astype(np.float64)  # (nc, n, n_rt)
     n_act = stats.tile_active[c0 : c0 + nc].astype(np.float64)
-    thr = candidates[:, None, :]  # (nc, 1, n_cand)
-    if len(instances) == 1:
-        inst = instances[0]
+
+    def analog(inst: _Instance) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         v = inst.gain[:, None] * s_sum[:, :, inst.row_tile] + inst.offset[:, None]
         if inst.extra is not None:
             v = v + inst.extra
         sd = np.sqrt(inst.sigma**2 + (inst.gain[:, None] * resid) ** 2 * n_act[:, :, inst.row_tile])
-        t = candidates  # (nc, n_cand)
-        idx = np.clip(t - g.code_min - 1, 0, g.adc_levels - 2)
-        edge = np.take_along_axis(inst.edges, idx, axis=1)  # (nc, n_cand)
-        p = ndtr((v[:, :, None] - edge[:, None, :]) / np.maximum(sd[:, :, None], 1e-9))
-        p = np.where((t <= g.code_min)[:, None, :], 1.0, p)
-        p = np.where((t > g.code_max)[:, None, :], 0.0, p)
-        if np.any(inst.dead):
-            dead_p = (inst.dead_code[:, None] >= t).astype(np.float64)  # (nc, n_cand)
-            p = np.where(inst.dead[:, None, None], dead_p[:, None, :], p)
-        return np.asarray(p, dtype=np.float64)
+        return v, np.maximum(sd, 1e-9)
+
+    if len(instances) == 1:
+        v, sd = analog(instances[0])
+        return _SampleModel(instances[0], v, sd, g)
     mean = np.zeros(s_sum.shape[:2])
     var = np.zeros(s_sum.shape[:2])
     for inst in instances:
-        v = inst.gain[:, None] * s_sum[:, :, inst.row_tile] + inst.offset[:, None]
-        if inst.extra is not None:
-            v = v + inst.extra
-        sd = np.sqrt(inst.sigma**2 + (inst.gain[:, None] * resid) ** 2 * n_act[:, :, inst.row_tile])
+        v, sd = analog(inst)
         m, vv = _code_moments(v, sd, inst.edges, g)
         if np.any(inst.dead):
             m = np.where(inst.dead[:, None], inst.dead_code[:, None], m)
             vv = np.where(inst.dead[:, None], 0.0, vv)
         mean += m
         var += vv
-    z = (mean[:, :, None] - thr + 0.5) / np.sqrt(np.maximum(var, 1e-12))[:, :, None]
-    return np.asarray(ndtr(z), dtype=np.float64)
+    return _SampleModel(None, mean, np.sqrt(np.maximum(var, 1e-12)), g)
 
 
 def _first_guess(stats: LayerStats, c0: int, nc: int, instances: Sequence[_Instance]) -> NDArray[np.int64]:
@@ -417,21 +455,23 @@ def optimise_thresholds(
 ) -> tuple[NDArray[np.int32], NDArray[np.float64]]:
     """Best integer thresholds (nc,) and their predicted agreement (nc,) for one column tile."""
     guess = _first_guess(stats, c0, nc, instances)
+    model = sample_model(stats, c0, nc, instances, signature, config.use_cell_error)
     offsets = np.arange(-config.window, config.window + 1)
     w = stats.weight[c0 : c0 + nc].astype(np.float64)
     y = stats.ideal[c0 : c0 + nc]
     center = guess.copy()
-    for _ in range(3):
+    rows = np.arange(nc)
+    for _ in range(4):
         cand = center[:, None] + offsets[None, :]
-        p = predict_decision_prob(stats, c0, nc, instances, signature, cand, config.use_cell_error)
+        p = model.prob(cand)
         agree = np.einsum("cn,cnk->ck", w, np.where(y[:, :, None], p, 1.0 - p))
         best = np.argmax(agree, axis=1)
+        chosen = cand[rows, best]
         at_edge = (best == 0) | (best == offsets.size - 1)
-        chosen = cand[np.arange(nc), best]
         if not np.any(at_edge):
             break
         center = np.where(at_edge, chosen, center)
-    return chosen.astype(np.int32), agree[np.arange(nc), best]
+    return chosen.astype(np.int32), agree[rows, best]
 
 
 # ----------------------------------------------------------------------------------- the entry point
