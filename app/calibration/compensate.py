@@ -319,9 +319,10 @@ def _tile_extras(
         sel = np.flatnonzero((s.macro == t.macro) & (s.row < nr) & np.isin(s.col, phys))
         if sel.size == 0:
             continue
-        extra = out[i] if out[i] is not None else np.zeros(idx.shape, np.float64)
+        prev = out[i]
+        extra = prev if prev is not None else np.zeros(idx.shape, np.float64)
         col_of = {int(p): j for j, p in enumerate(phys)}
-        for k in sel:
+        for k in sel.tolist():
             j, r = col_of[int(s.col[k])], int(s.row[k])
             rel = 1.0 + float(signature.cell_error[t.macro, r, s.col[k]]) if cells and signature.cell_error is not None else 1.0
             healthy = float(wm_all[r0 + r, c0 + j]) * float(signature.gain[t.macro, s.col[k]]) * rel
