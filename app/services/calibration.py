@@ -212,7 +212,8 @@ def characterize_die(
 
 # ------------------------------------------------------------------------------------- compensate
 def _runtime(runtimes: ModelRuntimes, model: Model) -> ModelRuntime:
-    return runtimes.get(model.name, model.version, model.sha256, model.blob)
+    """The model's runtime; its blob is read from the database only when the process lacks it."""
+    return runtimes.cached(model.sha256) or runtimes.get(model.name, model.version, model.sha256, model.blob)
 
 
 def _image_outcome(ecid: str, ref: str, row: Image, created: bool) -> ImageOutcome:
@@ -243,9 +244,10 @@ def compensate_die(
 ) -> ImageOutcome:
     """The die's weight image for a model, computed from its current signature on first request."""
     with _scope(db) as s:
+        # The cached path (every request after the first) loads no blob.
         die = _die(s, ecid)
-        model = _model(s, model_ref, with_blob=True)
-        sig = signatures.current(s, die.id)
+        model = _model(s, model_ref)
+        sig = signatures.current(s, die.id, with_blob=False)
         if sig is None:
             raise NoSignatureError(f"die {ecid} has no signature; characterize it first")
         existing = images.get(s, die.id, model.id, sig.id)
@@ -347,7 +349,7 @@ def functional_test_die(
     image = compensate_die(db, runtimes, store, ecid, model_ref, actor=actor)
     with _scope(db) as s:
         die = _die(s, ecid)
-        model = _model(s, model_ref, with_blob=True)
+        model = _model(s, model_ref)
         if not force:
             done = test_results.latest(s, die.id, model.id, image_id=image.image_id)
             if done is not None:

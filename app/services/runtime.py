@@ -82,6 +82,9 @@ class ModelRuntimes:
                 self._eval = EvalData(cal, test_x[pick], test_y[pick], names)
             return self._eval
 
+    def cached(self, sha256: str) -> ModelRuntime | None:
+        return self._cache.get(sha256)
+
     def get(self, name: str, version: str, sha256: str, blob: bytes) -> ModelRuntime:
         """The runtime of a stored model (``blob`` is only parsed on the first call per process)."""
         hit = self._cache.get(sha256)

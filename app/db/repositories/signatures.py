@@ -10,8 +10,11 @@ from sqlalchemy.orm import Session, defer
 from app.db.tables import Signature
 
 
-def current(session: Session, die_id: int) -> Signature | None:
-    return session.scalar(select(Signature).where(Signature.die_id == die_id, Signature.is_current))
+def current(session: Session, die_id: int, *, with_blob: bool = True) -> Signature | None:
+    stmt = select(Signature).where(Signature.die_id == die_id, Signature.is_current)
+    if not with_blob:
+        stmt = stmt.options(defer(Signature.blob))
+    return session.scalar(stmt)
 
 
 def current_summaries(session: Session, die_ids: Collection[int]) -> dict[int, Signature]:
