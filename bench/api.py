@@ -40,7 +40,7 @@ def _free_port() -> int:
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def _load(url: str, headers: dict[str, str], clients: int, requests: int, expect: int) -> dict[str, float]:
