@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TextIO
@@ -26,7 +27,7 @@ from app.errors import NotFoundError
 from app.jobs.runner import LocalRunner
 from app.jobs.steps import calibration_steps
 from app.services import jobs, lots, models, reporting
-from app.services.jobs import STEP_ORDER, ExecutionContext, JobProgress
+from app.services.jobs import STEP_ORDER, ExecutionContext, JobProgress, StepFunctions
 from app.services.lots import Site, WaferSpec, circular_sites
 
 DEMO_PRODUCT = "KWS-BCIM-1"
@@ -39,7 +40,7 @@ class DemoOptions:
 
     lot_id: str | None = None
     wafers: int = 3
-    dies_per_wafer: int = 100
+    dies_per_wafer: int = 12
     model: str | None = None
     database_url: str | None = None
     functional_test_sample: float = 1.0
@@ -62,39 +63,49 @@ class DemoResult:
     test_s_per_die: float | None
 
 
-def wafer_sites(n_dies: int) -> list[Site]:
-    """``n_dies`` sites of a round wafer: the smallest circular map holding them, keeping the sites
-    nearest the centre (so the map stays round)."""
+def wafer_sites(n_dies: int) -> tuple[list[Site], int]:
+    """``n_dies`` sites of a round wafer and its diameter (die pitches): the smallest circular map
+    holding them, keeping the sites nearest the centre so the map stays round."""
     if n_dies < 1:
         raise ValueError("a wafer needs at least one die")
     diameter = next(d for d in range(1, 400) if len(circular_sites(d)) >= n_dies)
     sites = sorted(circular_sites(diameter), key=lambda s: (math.hypot(*s), s[1], s[0]))[:n_dies]
-    return sorted(sites, key=lambda s: (s[1], s[0]))
+    return sorted(sites, key=lambda s: (s[1], s[0])), diameter
 
 
-def _reference_model(factory: sessionmaker[Session], ref: str | None, settings: Settings) -> str:
-    """The model to calibrate for: ``ref`` if stored, else the committed reference model (uploaded)."""
+def _demo_model(factory: sessionmaker[Session], ref: str | None, settings: Settings) -> str:
+    """``ref`` when it is stored; else the committed reference model, uploaded on first use."""
+    if ref is not None:
+        name, version = jobs.parse_model_ref(ref)
+        with session_scope(factory) as s:
+            try:
+                models.get_model(s, name, version)
+                return ref
+            except NotFoundError:
+                pass
     from app.nn.model import load_model_bytes, reference_model_path
 
-    data = reference_model_path().read_bytes()
+    path = reference_model_path()
+    if not path.exists():
+        raise NotFoundError(f"the reference model {path} is missing; upload a model and pass --model")
+    data = path.read_bytes()
     net = load_model_bytes(data)
-    name, version = (ref or f"{net.name}@{net.version}").split("@", 1)
+    if ref is not None and ref != f"{net.name}@{net.version}":
+        raise NotFoundError(f"no model {ref}; upload it first (POST /v1/models)")
     with session_scope(factory) as s:
         try:
-            models.get_model(s, name, version)
+            models.get_model(s, net.name, net.version)
         except NotFoundError:
-            if ref is not None and ref != f"{net.name}@{net.version}":
-                raise
             models.upload_model(
                 s,
-                name=name,
-                version=version,
+                name=net.name,
+                version=net.version,
                 data=data,
                 software_accuracy=None,
-                max_bytes=settings.max_model_bytes,
+                max_bytes=max(settings.max_model_bytes, len(data)),
                 actor="demo",
             )
-    return f"{name}@{version}"
+    return f"{net.name}@{net.version}"
 
 
 def _bars(progress: JobProgress, enabled: bool) -> dict[str, tqdm]:
@@ -104,8 +115,12 @@ def _bars(progress: JobProgress, enabled: bool) -> dict[str, tqdm]:
     }
 
 
-def run(options: DemoOptions) -> DemoResult:
-    """Run the demo and return its figures (``run_demo`` prints them)."""
+StepsFactory = Callable[[sessionmaker[Session], Settings], StepFunctions]
+
+
+def run(options: DemoOptions, steps: StepsFactory = calibration_steps) -> DemoResult:
+    """Run the demo and return its figures (``run_demo`` prints them). ``steps`` builds the step
+    functions (tests pass light ones)."""
     t_start = time.perf_counter()
     base = get_settings()
     settings = base.model_copy(update={"database_url": options.database_url or base.database_url})
@@ -114,17 +129,15 @@ def run(options: DemoOptions) -> DemoResult:
     try:
         migrate.upgrade(engine)
         factory = make_session_factory(engine)
-        model = _reference_model(factory, options.model, settings)
+        model = _demo_model(factory, options.model, settings)
         with session_scope(factory) as s:
-            sites = wafer_sites(options.dies_per_wafer)
+            sites, diameter = wafer_sites(options.dies_per_wafer)
+            shape = {"kind": "circular", "diameter": diameter}  # the dashboard draws the outline
             lots.register_lot(
                 s,
                 lot_id=lot_id,
                 product=DEMO_PRODUCT,
-                wafers=[
-                    WaferSpec(n, sites, {"kind": "demo", "dies": len(sites)})
-                    for n in range(1, options.wafers + 1)
-                ],
+                wafers=[WaferSpec(n, sites, shape) for n in range(1, options.wafers + 1)],
                 actor="demo",
             )
             job_id = jobs.create_calibration_job(
@@ -138,7 +151,7 @@ def run(options: DemoOptions) -> DemoResult:
 
         workers = options.workers or settings.test_sites
         runner = LocalRunner(
-            ExecutionContext(factory, calibration_steps(factory, settings)),
+            ExecutionContext(factory, steps(factory, settings)),
             workers=workers,
             resume_on_start=False,
         )

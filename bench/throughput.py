@@ -106,7 +106,7 @@ def new_job(
     factory: sessionmaker[Session], lot_id: str, wafers: int, dies_per_wafer: int, args: argparse.Namespace
 ) -> int:
     with session_scope(factory) as s:
-        sites = wafer_sites(dies_per_wafer)
+        sites, _ = wafer_sites(dies_per_wafer)
         lots.register_lot(
             s,
             lot_id=lot_id,
