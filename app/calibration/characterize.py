@@ -56,7 +56,8 @@ class CharacterizationConfig:
     stuck_prior     : prior probability that a cell is stuck (MAP test)
     cells           : "auto" keeps per-cell errors when they explain at least ``min_cell_r2`` of the
                       cell-error variance; True always, False never
-    edges           : estimate the ADC decision edges (from ``edge_reads`` vectors per pattern)
+    edges           : estimate the ADC decision edges (from ``edge_reads`` vectors per pattern); off by
+                      default: measured to change no decision (docs/calibration.md) and 137 kB per die
     max_vectors_per_call : split reads into driver calls of at most this many vectors
     """
 
@@ -65,7 +66,7 @@ class CharacterizationConfig:
     stuck_prior: float = 2e-4
     cells: bool | str = "auto"
     min_cell_r2: float = 0.5
-    edges: bool = True
+    edges: bool = False
     edge_reads: int = 256
     max_vectors_per_call: int = 4096
 

@@ -15,8 +15,8 @@ Serialized form (:meth:`Signature.to_bytes`, schema in ``docs/calibration.md``):
     b"CIMCALSG" | u16 format version | u16 reserved | u32 header length | JSON header | sections | SHA-256
 
 The JSON header (sorted keys, no spaces) holds the geometry, scalars and a section table; sections are
-little-endian arrays. Floats are stored as float16 (gain, offset, noise) or scaled int8 (edge offsets,
-cell errors); a :class:`Signature` quantizes on construction, so ``from_bytes(to_bytes(s)) == s`` and
+little-endian arrays. Floats are stored as float16 (gain, offset, noise), scaled int8 (edge offsets) or
+4-bit levels (cell errors); a :class:`Signature` quantizes on construction, so ``from_bytes(to_bytes(s)) == s`` and
 the same signature always gives the same bytes and the same :attr:`Signature.sha256`.
 """
 
@@ -43,7 +43,8 @@ _PREFIX = struct.Struct("<8sHHI")
 _DIGEST_BYTES = 32
 EDGE_SCALE_LSB = 1.0 / 250.0
 """Quantization step of the stored ADC edge offsets (int8, so +-0.508 LSB is representable)."""
-CELL_LEVELS = 127
+CELL_LEVELS = 7
+"""Cell errors are stored as 4-bit signed levels -7..7 in steps of ``cell_sigma / 3`` (two per byte)."""
 
 
 class SignatureFormatError(ValueError):
@@ -250,8 +251,10 @@ class Signature:
         if self.edge_offset_lsb is not None:
             sections.append(("edge_offset", np.rint(self.edge_offset_lsb / EDGE_SCALE_LSB).astype("i1")))
         if self.cell_error is not None:
-            step = _cell_step(self.cell_sigma)
-            sections.append(("cell_error", np.rint(self.cell_error / step).astype("i1")))
+            q = np.rint(self.cell_error / _cell_step(self.cell_sigma)).astype(np.int16).reshape(-1) + 8
+            if q.size % 2:
+                q = np.concatenate([q, np.zeros(1, np.int16)])
+            sections.append(("cell_error_q4", (q[0::2] | (q[1::2] << 4)).astype("u1")))
         table, blobs, offset = [], [], 0
         for name, arr in sections:
             raw = np.ascontiguousarray(arr).tobytes()
@@ -328,7 +331,13 @@ class Signature:
         row, col = np.divmod(rest, g.phys_cols)
         cell_sigma = float(header["cell_sigma"])
         edges = arrays.get("edge_offset")
-        cells = arrays.get("cell_error")
+        cells = arrays.get("cell_error_q4")
+        if cells is not None:
+            n_cells = g.n_macros * g.rows * g.phys_cols
+            nib = np.stack([cells & 0x0F, cells >> 4], axis=1).reshape(-1)[:n_cells].astype(np.int16)
+            if nib.size != n_cells or np.any(nib == 0):
+                raise SignatureFormatError("cell error section is truncated or holds invalid levels")
+            cells = nib - 8
         return cls(
             geometry=g,
             gain=arrays["gain"].astype(np.float32).reshape(mp),
@@ -362,5 +371,9 @@ class Signature:
 
 
 def _cell_step(cell_sigma: float) -> float:
-    """int8 step of the stored cell errors: 1/24 of the die's cell spread (+-5.3 sigma representable)."""
-    return max(float(np.float16(cell_sigma)), 1e-3) / 24.0
+    """Step of the stored cell errors: a third of the die's cell spread (levels -7..7: +-2.3 sigma).
+
+    Cell errors are posterior means, shrunk towards 0, so few reach the outer levels; the rounding
+    error (0.1 sigma rms) is far below their posterior uncertainty.
+    """
+    return max(float(np.float16(cell_sigma)), 1e-3) / 3.0

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from app.calibration.characterize import characterize
+from app.calibration.characterize import CharacterizationConfig, characterize
 from hardware.driver import ContactError, HardwareTimeoutError
 from hardware.sim.driver import SimulatedDriver
 from hardware.sim.oracle import oracle_die_truth
@@ -110,3 +110,17 @@ def test_injected_timeouts_propagate(make_driver: Make) -> None:
 def test_budget_too_small_is_refused(make_driver: Make) -> None:
     with pytest.raises(ValueError, match="budget"):
         characterize(make_driver(1.0), budget=10, rng=0)
+
+
+def test_adc_edges_are_estimated_on_request(make_driver: Make) -> None:
+    drv = make_driver(0.5)
+    res = characterize(drv, budget=8 * SMALL_BUDGET, rng=3, config=CharacterizationConfig(edges=True))
+    truth = oracle_die_truth(drv.fleet.config, ADDRESS)
+    sig = res.signature
+    assert sig.edge_offset_lsb is not None
+    live = ~truth.dead_cols
+    mid = slice(SMALL.adc_levels // 2 - 6, SMALL.adc_levels // 2 + 6)  # the edges the design visits most
+    est, true = sig.edge_offset_lsb[live][:, mid].ravel(), truth.edge_offset_lsb[live][:, mid].ravel()
+    assert np.corrcoef(est, true)[0, 1] > 0.5
+    assert np.abs(est - true).mean() < np.abs(true).mean()
+    assert characterize(drv, budget=SMALL_BUDGET, rng=3).signature.edge_offset_lsb is None
