@@ -417,7 +417,7 @@ def run_quality_bench(
     the figure when those paths are not None)."""
     t_start = time.perf_counter()
     scales = tuple(float(s) for s in (scales or DEFAULT_SCALES))
-    data, ctx = load_bench_data(test_clips, calib_clips, tune_clips, seed, Path(model_path) if model_path else None)
+    data, _ = load_bench_data(test_clips, calib_clips, tune_clips, seed, Path(model_path) if model_path else None)
     g = ChipGeometry()
     ideal_img = uncalibrated_image(data.program, g)
     ideal = float(
