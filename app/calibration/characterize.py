@@ -241,9 +241,35 @@ def _spd_inverse(m: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.asarray(cho_solve((c, low), np.eye(m.shape[0]), check_finite=False), dtype=np.float64)
 
 
-def _masked_mean(x: NDArray[np.float32], m: NDArray[np.float32], cnt: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Column means of ``x`` over the reads where ``m`` is 1 (``cnt`` = m.sum(axis=0))."""
-    return np.asarray((x * m).sum(axis=0, dtype=np.float64) / cnt, dtype=np.float64)
+class _Mask:
+    """Column statistics over the valid (uncensored) reads; only censored columns pay for the mask."""
+
+    def __init__(self, valid: NDArray[np.bool_]) -> None:
+        self.cols = np.flatnonzero(~valid.all(axis=0))  # columns with at least one censored read
+        self.m = valid[:, self.cols].astype(np.float32)
+        self.cnt = np.full(valid.shape[1], float(valid.shape[0]))
+        self.cnt[self.cols] = np.maximum(self.m.sum(axis=0, dtype=np.float64), 1.0)
+        self.any_censored = self.cols.size > 0
+
+    def apply_(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Zero the censored reads of ``x`` in place (``x`` must be a fresh array)."""
+        if self.any_censored:
+            x[:, self.cols] *= self.m
+        return x
+
+    def mean(self, x: NDArray[np.float32]) -> NDArray[np.float64]:
+        tot = x.sum(axis=0, dtype=np.float64)
+        if self.any_censored:
+            tot[self.cols] = (x[:, self.cols] * self.m).sum(axis=0, dtype=np.float64)
+        return np.asarray(tot / self.cnt, dtype=np.float64)
+
+    def centred(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        return self.apply_(x - self.mean(x).astype(np.float32))
+
+    @staticmethod
+    def sumsq(x: NDArray[np.float32]) -> NDArray[np.float64]:
+        """Column sums of squares of an already masked ``x``."""
+        return np.asarray(np.einsum("ij,ij->j", x, x, dtype=np.float64), dtype=np.float64)
 
 
 def _fit_linear(
@@ -264,9 +290,8 @@ def _fit_linear(
     """
     n, r_ = a.shape
     n_cols = yp.shape[1]
-    m = valid.astype(np.float32)
-    cnt = np.maximum(m.sum(axis=0, dtype=np.float64), 1.0)
-    censored = not bool(valid.all())
+    mk = _Mask(valid)
+    cnt = mk.cnt
     h = (yp - yn) * np.float32(0.5)
     z = (yp + yn) * np.float32(0.5)
     a64 = a.astype(np.float64)
@@ -275,28 +300,28 @@ def _fit_linear(
     acf = ac.astype(np.float32)
     k_eff = float(np.trace(gram)) / n  # variance-weighted active rows per read (centred design)
     # Per (row, column) energy of the design over the valid reads: the matched filter's normaliser.
-    energy = (acf**2).T @ m if censored else np.repeat(np.diag(gram)[:, None], n_cols, axis=1)
-    energy = np.clip(energy, 1e-9, None)
+    energy = np.repeat(np.clip(np.diag(gram), 1e-9, None)[:, None], n_cols, axis=1)
+    if mk.any_censored:
+        energy[:, mk.cols] = np.clip((acf**2).T @ mk.m, 1e-9, None)
 
-    s_mean = _masked_mean(s_ideal, m, cnt)
-    s_c = (s_ideal - s_mean.astype(np.float32)) * m
-    var_s = (s_c.astype(np.float64) ** 2).sum(axis=0) / cnt
+    s_c = mk.centred(s_ideal)
+    var_s = mk.sumsq(s_c) / cnt
 
     def regress_gain(hh: NDArray[np.float32]) -> NDArray[np.float64]:
-        cov = (s_c * (hh - _masked_mean(hh, m, cnt).astype(np.float32))).sum(axis=0, dtype=np.float64) / cnt
+        cov = (s_c * hh).sum(axis=0, dtype=np.float64) / cnt  # s_c is centred and masked
         return np.asarray(np.where(live, cov / np.maximum(var_s, 1e-12), 0.0), dtype=np.float64)
 
     gain = regress_gain(h)
 
     # Stuck cells: a matched filter on z (stuck cells are sparse, so the filter beats a joint fit).
-    z_c = (z - _masked_mean(z, m, cnt).astype(np.float32)) * m
+    z_c = mk.centred(z)
     d_hat = ((acf.T @ z_c) / energy).astype(np.float32)  # (r, m*p)
     noise_map = 1.0 / np.sqrt(energy)
     mag = np.maximum(np.abs(gain), 0.05)[None, :]
     prior = math.log((1.0 - stuck_prior) / stuck_prior)
-    sd_z = np.sqrt(np.maximum((z_c.astype(np.float64) ** 2).sum(axis=0) / cnt, 1e-12))
+    sd_z = np.sqrt(np.maximum(mk.sumsq(z_c) / cnt, 1e-12))
     stuck = np.zeros(d_hat.shape, dtype=bool)
-    z_stuck = np.zeros_like(z)
+    z_stuck: NDArray[np.float32] | None = None
     for _ in range(2):  # the second pass measures the noise with the stuck cells removed
         s_d = noise_map * sd_z[None, :]
         log_lr = (np.abs(d_hat) * mag - 0.5 * mag**2) / np.maximum(s_d**2, 1e-12)
@@ -305,11 +330,10 @@ def _fit_linear(
             break
         rows, cols = np.nonzero(stuck)
         z_stuck = _sparse_apply(a, rows, cols, d_hat[rows, cols], n_cols)
-        z2 = (z - z_stuck) * m
-        z2 -= _masked_mean(z2, m, cnt).astype(np.float32) * m
-        sd_z = np.sqrt(np.maximum((z2.astype(np.float64) ** 2).sum(axis=0) / cnt, 1e-12))
+        sd_z = np.sqrt(np.maximum(mk.sumsq(mk.centred(z - z_stuck)) / cnt, 1e-12))
     rows, cols = np.nonzero(stuck)
-    offset = np.where(live, _masked_mean(z - z_stuck, m, cnt), 0.0)
+    z_clean = z if z_stuck is None else z - z_stuck
+    offset = np.where(live, mk.mean(z_clean), 0.0)
 
     # h: stuck cells read the same under W and -W, so their healthy share is missing; put it back
     # (it would bias the gain by one cell in ``rows``) and regress the gain again.
@@ -317,12 +341,11 @@ def _fit_linear(
     if rows.size:
         h_fix = h + _sparse_apply(a, rows, cols, np.asarray(w_all[rows, cols] * gain[cols]), n_cols)
         gain = regress_gain(h_fix)
-    h_corr = (h_fix - (gain[None, :] * s_ideal).astype(np.float32)) * m
-    h_corr -= _masked_mean(h_corr, m, cnt).astype(np.float32) * m
-    z_res = (z - z_stuck - offset[None, :].astype(np.float32)) * m
+    h_corr = mk.centred(h_fix - (gain[None, :] * s_ideal).astype(np.float32))
+    z_res = mk.apply_(z_clean - offset[None, :].astype(np.float32))
     n_live = float(cnt[live].sum()) if live.any() else 1.0
-    var_z = float((z_res[:, live].astype(np.float64) ** 2).sum()) / n_live if live.any() else 1.0
-    var_h = float((h_corr[:, live].astype(np.float64) ** 2).sum()) / n_live if live.any() else 1.0
+    var_z = float(mk.sumsq(z_res)[live].sum()) / n_live if live.any() else 1.0
+    var_h = float(mk.sumsq(h_corr)[live].sum()) / n_live if live.any() else 1.0
     g2 = float((gain[live] ** 2).mean()) if live.any() else 1.0
     cell_sigma = math.sqrt(max(var_h - var_z, 0.0) / max(k_eff * g2, 1e-12))
 
