@@ -40,7 +40,7 @@ class DemoOptions:
 
     lot_id: str | None = None
     wafers: int = 3
-    dies_per_wafer: int = 12
+    dies_per_wafer: int = 16
     model: str | None = None
     database_url: str | None = None
     functional_test_sample: float = 1.0
@@ -110,8 +110,16 @@ def _demo_model(factory: sessionmaker[Session], ref: str | None, settings: Setti
 
 def _bars(progress: JobProgress, enabled: bool) -> dict[str, tqdm]:
     return {
-        s.step: tqdm(total=s.total, desc=f"{s.step:>15}", unit="die", disable=not enabled, dynamic_ncols=True)
-        for s in progress.steps
+        s.step: tqdm(
+            total=s.total,
+            desc=f"{s.step:>15}",
+            unit="die",
+            position=i,
+            leave=True,
+            disable=not enabled,
+            dynamic_ncols=True,
+        )
+        for i, s in enumerate(progress.steps)
     }
 
 
@@ -232,17 +240,16 @@ def summary(r: DemoResult) -> str:
     if p.errors:
         lines += ["", f"Failed items ({sum(s.failed for s in p.steps)}), most recent:"]
         lines += [f"  {e} {step}: {err}" for e, step, _, err in p.errors[:5]]
-    db_hint = ""
+    lines += ["", "Where to look next:"]
     if make_url(r.database_url) != make_url(get_settings().database_url):
-        db_hint = f"CIMCAL_DATABASE_URL={r.database_url} "
+        lines.append(f"  export CIMCAL_DATABASE_URL={r.database_url}")
+    base = "http://127.0.0.1:8000"
     lines += [
-        "",
-        "Where to look next:",
-        f"  {db_hint}cimcal serve                    # the service on http://127.0.0.1:8000",
-        f"  {db_hint}cimcal keys create --role viewer   # a key for the dashboard and the API",
-        f"  http://127.0.0.1:8000/dashboard/lots/{r.lot_id}   wafer maps, bin pareto, accuracy",
-        f"  http://127.0.0.1:8000/dashboard/jobs/{r.job_id}   this job",
-        "  http://127.0.0.1:8000/docs                    the API (POST /v1/lots/{lot}/calibrate, GET /v1/jobs/{id})",
+        "  cimcal serve                        # the service at " + base,
+        "  cimcal keys create --role viewer    # a key for the dashboard and the API",
+        f"  {base}/dashboard/lots/{r.lot_id}  (wafer maps, bin pareto, accuracy before/after)",
+        f"  {base}/dashboard/jobs/{r.job_id}  (this job)",
+        f"  {base}/docs  (the API: POST /v1/lots/{{lot}}/calibrate, GET /v1/jobs/{{id}})",
     ]
     return "\n".join(lines)
 
