@@ -1,0 +1,70 @@
+"""The quality benchmark's report writers (the benchmark itself needs the KWS data: not run here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.quality import METHODS, summarize, write_figure, write_markdown
+
+
+def _record(scale: float, die: int, acc: float) -> dict[str, object]:
+    rec: dict[str, object] = {m: acc for m in METHODS}
+    rec.update(
+        scale=scale,
+        die=die,
+        uncalibrated=acc / 2,
+        read_vectors=131072,
+        reads=64,
+        writes=64,
+        characterize_tester_s=0.262,
+        characterize_compute_s=0.6,
+        compensate_s=0.2,
+        compensate_fast_s=0.02,
+        signature_bytes=290_000,
+        functional_tester_s=0.01,
+        cimcal_functional_tester_s=0.07,
+        predicted_agreement=0.97,
+        n_dead_cols=4,
+        n_stuck_cells=100,
+        calibratable=True,
+    )
+    if die == 0:
+        rec.update(finetune=acc * 0.9, finetune_tester_s=0.5, finetune_wall_s=30.0)
+    return rec
+
+
+def test_summary_markdown_and_figure(tmp_path: Path) -> None:
+    records = [_record(s, d, 0.8 - 0.1 * s) for s in (1.0, 2.0) for d in range(3)]
+    rows = summarize(records, ideal=0.9)
+    assert [r["scale"] for r in rows] == [1.0, 2.0]
+    assert abs(rows[0]["uncalibrated"]["mean"] - 0.35) < 1e-9 and rows[0]["finetune"]["n"] == 1
+    result = {
+        "config": {
+            "command": "python -m bench.quality --dies 3",
+            "workers": 2,
+            "model": "m@1",
+            "software_accuracy": 0.9,
+            "ideal_accuracy": 0.9,
+            "test_clips": 360,
+            "calib_clips": 240,
+            "tune_clips": 120,
+            "budget": 131072,
+            "finetune_evals": 40,
+            "finetune_dies": 1,
+            "budget_scale": 2.0,
+            "budget_dies": 2,
+            "n_macros": 32,
+        },
+        "summary": rows,
+        "budget_curve": [
+            {"budget": b, "accuracy_mean": 0.7, "accuracy_min": 0.6, "tester_s": 0.2, "signature_bytes": 9000, "cell_error_fraction": 0.0}
+            for b in (8192, 131072)
+        ],
+        "elapsed_s": 60.0,
+    }
+    md, png = tmp_path / "q.md", tmp_path / "q.png"
+    write_markdown(result, md)
+    write_figure(result, png)
+    text = md.read_text()
+    assert "| 1 | 3 | 90.0 | 35.0 / 35.0 |" in text and "fine-tuning" in text and "8192" in text
+    assert png.stat().st_size > 10_000
