@@ -355,3 +355,26 @@ def test_a_database_error_in_a_step_hands_the_die_back_instead_of_failing_it(
     assert result.processed == die_ids and result.busy == []
     assert job_state(session_factory, job_id) == JobState.succeeded
     assert set(per_die(session_factory, Signature).values()) == {1}
+
+
+def test_after_a_crash_the_restarted_runner_waits_out_the_lease_then_finishes_the_job(
+    session_factory: Factory, lot_ecids: list[str], make_context: Callable[..., Harness]
+) -> None:
+    """The service died mid-die: that die's items stay 'running' under a claim nobody refreshes."""
+    job_id = create_job(session_factory)
+    die_ids = jobs.open_die_ids(session_factory, job_id)
+    with session_scope(session_factory) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(state=JobState.running, started_at=utcnow()))
+        s.execute(
+            update(JobItem)
+            .where(JobItem.job_id == job_id, JobItem.die_id == die_ids[0])
+            .values(
+                state=JobState.running, claimed_by="dead:1:x/0", heartbeat_at=utcnow(), started_at=utcnow()
+            )
+        )
+    h = make_context(lease_s=0.5)
+    t0 = time.monotonic()
+    run_to_end(h)  # start() resumes the job; the held die comes back after the lease
+    assert time.monotonic() - t0 >= 0.5
+    assert job_state(session_factory, job_id) == JobState.succeeded
+    assert set(per_die(session_factory, Signature).values()) == {1} and len(h.log.calls) == 3 * len(lot_ecids)
