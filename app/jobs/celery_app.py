@@ -187,9 +187,13 @@ class CeleryRunner(JobRunner):
     def start(self) -> None:
         # A job committed just before the API process died may never have been sent: send the
         # never-started ones again (a duplicate chunk only finds claimed dies).
-        if self.resend_on_start:
+        if not self.resend_on_start:
+            return
+        try:
             for job_id in jobs_service.open_job_ids(self.factory, state="queued"):
                 self.submit(job_id)
+        except Exception:  # the broker is down: serve anyway; `cimcal jobs resume` sends them later
+            log.warning("could not re-send queued jobs to the broker", exc_info=True)
 
     def _open_die_ids(self, job_id: int) -> list[int]:
         return jobs_service.open_die_ids(self.factory, job_id)
