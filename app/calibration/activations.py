@@ -36,7 +36,7 @@ from hardware.chip import (
     ideal_readout,
 )
 
-STATS_VERSION = 1
+STATS_VERSION = 2
 STRATA_EDGES = (0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, math.inf)
 """Strata of |ideal code sum - threshold + 0.5| (codes) for the per-channel patch samples."""
 
@@ -118,7 +118,7 @@ class ActivationStats:
         features: NDArray[np.float32],
         *,
         geometry: ChipGeometry | None = None,
-        pool_size: int = 4096,
+        pool_size: int = 2048,
         samples_per_channel: int = 256,
         batch: int = 64,
         seed: int = 0,
