@@ -587,10 +587,10 @@ def _run_die(
     item_of: dict[str, int],
     todo: list[str],
 ) -> Literal["done", "cancelled", "lost"]:
+    # The claim just succeeded, so the job was open then; after each step the job's state is read
+    # in the transaction that records the step (four transactions per die of three steps).
+    job_state: str | None = JobState.running
     for i, step in enumerate(todo):
-        with session_scope(ctx.factory) as s:
-            job_state = repo.state_of(s, job.id)
-            force = _effective_force(s, params, job, die_id, step)
         if job_state == JobState.cancelled or should_stop():
             with session_scope(ctx.factory) as s:
                 now = utcnow()
@@ -621,6 +621,10 @@ def _run_die(
         if failed_before is not None:
             state, error, attempts = JobState.failed.value, f"not run: {failed_before} failed", 0
         else:
+            force = False
+            if params.force:
+                with session_scope(ctx.factory) as s:
+                    force = _effective_force(s, params, job, die_id, step)
             call = StepCall(job.id, die_id, ecid, step, params.model, force)
             state, error, attempts = _run_step(ctx, call, params.retry)
         with session_scope(ctx.factory) as s:
@@ -633,6 +637,7 @@ def _run_die(
                 attempts=attempts,
                 now=utcnow(),
             )
+            job_state = repo.state_of(s, job.id)
         if not kept:
             # Our lease expired and another worker reclaimed the die: leave the rest to it.
             log.warning("job %d die %s: lost the claim during %s", job.id, ecid, step)
