@@ -31,8 +31,8 @@ class FeatureSpec:
     log_floor: float = 1e-6
     # Fixed normalisation: (log_mel - norm_mean) / norm_std; measured once on the training split of
     # the default synthetic dataset and frozen, so features never depend on which data was loaded.
-    norm_mean: float = -4.0
-    norm_std: float = 4.0
+    norm_mean: float = -5.2
+    norm_std: float = 4.1
 
     @property
     def n_frames(self) -> int:

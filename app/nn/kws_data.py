@@ -18,8 +18,8 @@ ships libespeak-ng and its voice data, which this module drives through ctypes.
 
 Everything is a pure function of the seed. eSpeak keeps internal state from one utterance to the
 next (the same call sequence in a fresh process gives the same samples, a different history does
-not), so each fixed-size chunk of clips is rendered in a fresh worker process; results do not depend
-on the number of workers.
+not), so each fixed-size chunk of clips is rendered in a fresh worker process (a plain subprocess, see
+:func:`_run_chunk`); results do not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -121,6 +123,11 @@ class Speaker:
     rate_wpm: int
     pitch: int
     pitch_range: int
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Speaker:
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kwargs)
 
     def variant_text(self, name: str) -> str:
         """The eSpeak variant file (``voices/!v/<name>``) for this speaker."""
@@ -409,11 +416,47 @@ def _render_clip(
     return np.clip(out + floor, -1, 1)
 
 
-def _render_chunk(task: tuple[Sequence[Speaker], Sequence[_Clip], int]) -> NDArray[np.float16]:
-    """Worker: log-mel float16 (n, 1, n_mels, n_frames) of one chunk; runs in a fresh process."""
-    speakers, clips, bank_seed = task
+def _worker_main(task_path: str, out_path: str) -> None:
+    """Entry point of a chunk worker process: task JSON in, log-mel ``.npy`` out."""
+    task = json.loads(Path(task_path).read_text())
+    speakers = [Speaker.from_dict(d) for d in task["speakers"]]
+    clips = [_Clip(*c) for c in task["clips"]]
     with tempfile.TemporaryDirectory(prefix="cimcal-espeak-") as workdir:
-        return _render_chunk_with(_Espeak(Path(workdir)), speakers, clips, bank_seed)
+        feats = _render_chunk_with(_Espeak(Path(workdir)), speakers, clips, int(task["bank_seed"]))
+    np.save(out_path, feats, allow_pickle=False)
+
+
+def _run_chunk(
+    workdir: Path, index: int, speakers: Sequence[Speaker], clips: Sequence[_Clip], bank_seed: int
+) -> NDArray[np.float16]:
+    """Render one chunk in a fresh interpreter (fresh eSpeak state); returns its log-mel float16.
+
+    A plain subprocess rather than a multiprocessing pool: it needs no ``__main__`` guard in the
+    caller's script and is safe to start from a threaded server.
+    """
+    task_path, out_path = workdir / f"task-{index}.json", workdir / f"chunk-{index}.npy"
+    task = {
+        "speakers": [asdict(sp) for sp in speakers],
+        "clips": [[c.label, c.speaker_id, c.seed] for c in clips],
+        "bank_seed": bank_seed,
+    }
+    task_path.write_text(json.dumps(task))
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+    }
+    env["OMP_NUM_THREADS"] = "1"
+    code = "import sys; from app.nn.kws_data import _worker_main; _worker_main(sys.argv[1], sys.argv[2])"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(task_path), str(out_path)], capture_output=True, text=True, env=env
+    )
+    if proc.returncode != 0:
+        raise DatasetError(f"KWS chunk worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    feats = np.load(out_path, allow_pickle=False)
+    out_path.unlink()
+    task_path.unlink()
+    return np.asarray(feats, dtype=np.float16)
 
 
 def _render_chunk_with(
@@ -542,13 +585,14 @@ def generate_kws(
                 tasks.append((by_split[split], clips[c0 : c0 + CHUNK_CLIPS], bank_seed))
                 owners.append((split, c0))
         feats = {s: np.zeros((len(plans[s]), *DEFAULT_SPEC.input_shape), dtype=np.float16) for s in SPLITS}
-        ctx = multiprocessing.get_context("spawn")
         total = sum(len(p) for p in plans.values())
         with (
-            ctx.Pool(max(1, n_workers), maxtasksperchild=1) as pool,
+            ThreadPoolExecutor(max(1, n_workers)) as pool,
             tqdm(total=total, desc="kws clips", unit="clip", disable=not progress) as bar,
         ):
-            for (split, c0), chunk in zip(owners, pool.imap(_render_chunk, tasks, chunksize=1), strict=True):
+            futures = [pool.submit(_run_chunk, tmp_root, i, *task) for i, task in enumerate(tasks)]
+            for (split, c0), fut in zip(owners, futures, strict=True):
+                chunk = fut.result()
                 feats[split][c0 : c0 + chunk.shape[0]] = chunk
                 bar.update(chunk.shape[0])
         data_dir = tmp_root / "data"
