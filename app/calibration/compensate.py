@@ -2,7 +2,7 @@
 
 No die in the loop: everything here is pure compute on what characterization measured.
 
-The image differs from the ideal one in four ways:
+The image differs from the ideal one in three ways (details and measurements in docs/calibration.md):
 
 1. **Replicated row tiles.** Macros the model leaves idle hold copies of its row tiles; the digital
    periphery adds the codes of every tile of a layer, so ``r`` copies add ``r`` times the signal and
@@ -10,13 +10,14 @@ The image differs from the ideal one in four ways:
    integer threshold gets ``r`` times finer relative to the signal.
 2. **Column re-routing.** A logical column whose bit line is dead (or holds stuck cells that disagree
    with the weights on busy rows) moves to a free healthy bit line: a spare, or a data column the
-   layer does not use.
+   layer does not use; a tile whose macro cannot be repaired moves to an idle macro.
 3. **Per-channel thresholds.** For each output channel we predict, for every sampled calibration
    patch, the distribution of the summed codes on this die (gain, offset, cell errors, stuck cells,
    ADC edges, read noise, all from the signature) and choose the integer threshold that maximises
    the expected agreement with the ideal chip's decisions (weighted by the patch sample weights).
-4. Nothing else: the binary weights are the model's (weight flips were measured and did not pay, see
-   docs/calibration.md).
+
+The binary weights stay the model's: weight flips (to move an expected sum by less than one
+threshold step) were measured not to pay once the tiles are copied.
 """
 
 from __future__ import annotations
