@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -177,6 +178,7 @@ def measure(driver: Driver, design: Design, config: CharacterizationConfig) -> t
 
 
 # -------------------------------------------------------------------------------------- estimation
+@lru_cache(maxsize=1)
 def _noise_var_table() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """E_u[Var(round(u + n))] for n ~ N(0, s^2), u ~ U(0, 1): the code variance of one repeated read."""
     s = np.concatenate([np.linspace(0.0, 1.0, 101)[1:], np.linspace(1.01, 12.0, 200)])
@@ -193,14 +195,12 @@ def _noise_var_table() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     return np.concatenate([[0.0], s]), np.concatenate([[0.0], f])
 
 
-_NOISE_S, _NOISE_F = _noise_var_table()
-
-
 def noise_sigma_from_repeat_var(var_code: NDArray[np.float64]) -> NDArray[np.float64]:
     """Invert the code variance of repeated reads into the analog read-noise sigma (MAC = LSB units)."""
+    table_s, table_f = _noise_var_table()
     v = np.asarray(var_code, dtype=np.float64)
-    big = v > _NOISE_F[-1]
-    out = np.interp(v, _NOISE_F, _NOISE_S)
+    big = v > table_f[-1]
+    out = np.interp(v, table_f, table_s)
     return np.where(big, np.sqrt(np.maximum(v - 1.0 / 12.0, 0.0)), out)
 
 
