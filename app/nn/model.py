@@ -355,6 +355,17 @@ def _pair(v: Any, where: str, minimum: int) -> tuple[int, int]:
     return (int(v[0]), int(v[1]))
 
 
+_MANIFEST_LAYER_KEYS: dict[str, set[str]] = {
+    "conv_digital": {"kind", "name", "stride", "padding", "weight_shape"},
+    "conv_binary": {"kind", "name", "stride", "padding", "pool", "weight_shape", "threshold"},
+    "maxpool": {"kind", "name", "pool"},
+    "avgpool_global": {"kind", "name"},
+    "flatten": {"kind", "name"},
+    "dense_binary": {"kind", "name", "weight_shape", "threshold"},
+    "dense_digital": {"kind", "name", "weight_shape"},
+}
+
+
 def _network_from_manifest(manifest: Any, arrays: dict[str, NDArray[Any]]) -> BinaryNetwork:
     if not isinstance(manifest, dict):
         raise ModelFormatError("manifest must be a JSON object")
@@ -393,6 +404,9 @@ def _network_from_manifest(manifest: Any, arrays: dict[str, NDArray[Any]]) -> Bi
         lname = _req(ld, "name", str, where)
         if kind not in LAYER_KINDS:
             raise ModelFormatError(f"{where}: unknown kind {kind!r}")
+        unexpected = set(ld) - _MANIFEST_LAYER_KEYS[kind]
+        if unexpected:
+            raise ModelFormatError(f"{where}: unexpected keys {sorted(unexpected)} for a {kind} layer")
         weight = bias = threshold = None
         if kind in BINARY_KINDS or kind in WEIGHTED_DIGITAL_KINDS:
             key = f"{lname}.weight"
@@ -475,6 +489,14 @@ def _check_layer(layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
     where = f"layer {layer.name} ({k})"
     if k not in LAYER_KINDS:
         raise ModelFormatError(f"{where}: unknown kind")
+    if (
+        k not in BINARY_KINDS
+        and k not in WEIGHTED_DIGITAL_KINDS
+        and (layer.weight is not None or layer.bias is not None or layer.threshold is not None)
+    ):
+        raise ModelFormatError(f"{where}: this kind takes no weight, bias or threshold")
+    if k in BINARY_KINDS and layer.bias is not None:
+        raise ModelFormatError(f"{where}: binary layers take a threshold, not a bias")
     if k in BINARY_KINDS or k in WEIGHTED_DIGITAL_KINDS:
         if layer.weight is None:
             raise ModelFormatError(f"{where}: no weight")

@@ -30,7 +30,7 @@ from torch import nn
 
 from app.nn.features import DEFAULT_SPEC, FeatureSpec
 from app.nn.kws_data import CLASS_NAMES, load_kws_split, make_config
-from app.nn.model import BinaryNetwork, Layer, accuracy, predict, save_model
+from app.nn.model import BinaryNetwork, Layer, accuracy, ideal_chip_agreement, predict, save_model
 
 REFERENCE_NAME = "kws-bnn"
 REFERENCE_FILE = "kws_bnn.npz"
@@ -368,6 +368,11 @@ def train_reference(
     pred = predict(net, te.features)
     test_acc = float(np.mean(pred == te.labels))
     per_class = {c: round(float(np.mean(pred[te.labels == i] == i)), 4) for i, c in enumerate(te.class_names)}
+    chip = _ideal_chip_metrics(net, te.features, te.labels, config.seed)
+    log(
+        f"ideal chip: agreement {chip['agreement']:.4f} with the software pass on {chip['clips']} test clips; "
+        f"ADC-saturated partial sums {chip['adc_saturated_fraction']}"
+    )
     data_cfg = make_config(data_seed, clips_per_class)
     metrics = {
         "software_test_accuracy": round(test_acc, 4),
@@ -386,6 +391,7 @@ def train_reference(
             "train_s": round(train_s, 1),
             **_config_json(config),
         },
+        "ideal_chip": chip,
     }
     net = BinaryNetwork(net.name, version, net.layers, net.class_names, net.feature_spec, metrics)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -393,6 +399,26 @@ def train_reference(
     (out_dir / "kws_bnn_history.json").write_text(json.dumps(history, indent=1))
     log(f"test accuracy (held-out speakers) {test_acc:.4f}; trained in {train_s:.0f} s; wrote {path}")
     return TrainResult(path, net, test_acc, metrics["software_val_accuracy"], train_s, history)  # type: ignore[arg-type]
+
+
+def _ideal_chip_metrics(
+    net: BinaryNetwork,
+    features: NDArray[np.float32],
+    labels: NDArray[np.int64],
+    seed: int,
+    n_clips: int = 1200,
+) -> dict[str, Any]:
+    """Ideal-chip (``hardware.chip`` with the ideal ADC) agreement on a seeded subset of the test clips."""
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(labels), size=min(n_clips, len(labels)), replace=False))
+    r = ideal_chip_agreement(net, features[idx], labels[idx])
+    return {
+        "clips": len(idx),
+        "agreement": round(r.agreement, 4),
+        "chip_accuracy": round(float(r.chip_accuracy or 0.0), 4),
+        "software_accuracy": round(float(r.software_accuracy or 0.0), 4),
+        "adc_saturated_fraction": {k: round(v, 5) for k, v in r.saturated_fraction.items()},
+    }
 
 
 def _config_json(config: TrainConfig) -> dict[str, Any]:
