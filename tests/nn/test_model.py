@@ -6,12 +6,15 @@ import io
 import json
 import math
 import zipfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from numpy.typing import NDArray
 
 from app.nn.kws_data import CLASS_NAMES
 from app.nn.model import (
@@ -20,6 +23,7 @@ from app.nn.model import (
     ModelFormatError,
     accuracy,
     forward_software,
+    ideal_chip_agreement,
     load_model,
     load_model_bytes,
     model_bytes,
@@ -105,7 +109,16 @@ def test_save_load_round_trip_is_exact(random_net: BinaryNetwork, tmp_path: Path
     np.testing.assert_array_equal(forward_software(back, x), forward_software(random_net, x))
 
 
-def _rewrite(data: bytes, edit_manifest=None, edit_arrays=None) -> bytes:  # type: ignore[no-untyped-def]
+Manifest = dict[str, Any]
+Arrays = dict[str, NDArray[Any]]
+
+
+def _rewrite(
+    data: bytes,
+    edit_manifest: Callable[[Manifest], object] | None = None,
+    edit_arrays: Callable[[Arrays], object] | None = None,
+) -> bytes:
+    """The model with its manifest and/or arrays edited, re-packed without validation."""
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     manifest = json.loads(arrays.pop("manifest.json").tobytes())
@@ -114,16 +127,17 @@ def _rewrite(data: bytes, edit_manifest=None, edit_arrays=None) -> bytes:  # typ
     if edit_arrays:
         edit_arrays(arrays)
     buf = io.BytesIO()
-    np.savez(buf, **{"manifest.json": np.frombuffer(json.dumps(manifest).encode(), np.uint8)}, **arrays)
+    arrays["manifest.json"] = np.frombuffer(json.dumps(manifest).encode(), np.uint8)
+    np.savez(buf, allow_pickle=False, **arrays)
     return buf.getvalue()
 
 
-def _set(d: dict, key: str, value: object) -> None:  # type: ignore[type-arg]
+def _set(d: Manifest, key: str, value: object) -> None:
     d[key] = value
 
 
 def _bad_models(good: bytes) -> dict[str, bytes]:
-    def zero_weight(a: dict) -> None:  # type: ignore[type-arg]
+    def zero_weight(a: Arrays) -> None:
         a["bconv1.weight"] = a["bconv1.weight"].copy()
         a["bconv1.weight"][0, 0, 0, 0] = 0
 
@@ -254,6 +268,11 @@ def test_reference_model_reaches_stated_accuracy_on_held_out_speakers(tmp_path: 
     # 300 clips: the standard error is ~2 points; allow 4 standard errors
     assert acc >= stated - 0.08, f"{acc:.3f} vs stated {stated:.3f}"
     assert predict(net, x[:5]).shape == (5,)
+    # the default chip (6-bit ADC, partial sums clipped to +-32 codes) agrees with the exact pass
+    chip = ideal_chip_agreement(net, x[:120], y[:120])
+    assert chip.agreement >= 0.97
+    assert set(chip.saturated_fraction) == {layer.name for layer in net.binary_layers()}
+    assert max(chip.saturated_fraction.values()) < 0.02
 
 
 def test_tiny_training_run_exports_a_consistent_network(tiny_cache: Path) -> None:
