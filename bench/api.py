@@ -43,7 +43,9 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def _load(url: str, headers: dict[str, str], clients: int, requests: int, expect: int) -> dict[str, float]:
+async def _load(
+    url: str, headers: dict[str, str], clients: int, requests: int, expect: int
+) -> dict[str, float]:
     latencies: list[float] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
@@ -76,7 +78,13 @@ async def _load(url: str, headers: dict[str, str], clients: int, requests: int, 
     }
 
 
-def run_api_bench(clients: int = 64, requests: int = 4000, characterize_s: float = 20.0, sites: int = 2) -> dict[str, Any]:
+def run_api_bench(
+    clients: int = 64,
+    requests: int = 4000,
+    characterize_s: float = 20.0,
+    sites: int = 2,
+    model: Path | None = None,
+) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="cimcal-bench-"))
     port = _free_port()
     admin = "cimcal_bench_" + secrets.token_urlsafe(24)
@@ -91,7 +99,7 @@ def run_api_bench(clients: int = 64, requests: int = 4000, characterize_s: float
         [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(tmp / "server.log", "wb"),  # noqa: SIM115 (the server owns it for its lifetime)
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -109,9 +117,20 @@ def run_api_bench(clients: int = 64, requests: int = 4000, characterize_s: float
         with httpx.Client(base_url=base, headers=h, timeout=600) as c:
             n_dies = 64
             sites_xy = [[x, y] for y in range(8) for x in range(8)][:n_dies]
-            c.post("/v1/lots", json={"lot_id": "BENCH", "product": "KWS", "wafers": [{"number": 1, "sites": sites_xy}]}).raise_for_status()
-            model = next(iter(m for m in c.get("/v1/models").json()["items"]))
-            ref = f"{model['name']}@{model['version']}"
+            c.post(
+                "/v1/lots",
+                json={"lot_id": "BENCH", "product": "KWS", "wafers": [{"number": 1, "sites": sites_xy}]},
+            ).raise_for_status()
+            if model is not None:
+                c.post(
+                    "/v1/models",
+                    files={"file": (model.name, model.read_bytes())},
+                    data={"name": "bench-model", "version": "1"},
+                ).raise_for_status()
+                ref = "bench-model@1"
+            else:
+                first = c.get("/v1/models").json()["items"][0]
+                ref = f"{first['name']}@{first['version']}"
             ecid = "BENCH-W01-X+000Y+000"
             t0 = time.perf_counter()
             c.post(f"/v1/dies/{ecid}/characterize", json={}).raise_for_status()
@@ -145,8 +164,13 @@ def run_api_bench(clients: int = 64, requests: int = 4000, characterize_s: float
                 t0 = time.perf_counter()
                 await asyncio.gather(*(station(client) for _ in range(sites)))
                 wall = time.perf_counter() - t0
-            return {"requests": len(done), "clients": sites, "requests_per_s": len(done) / wall,
-                    "p50_ms": _percentile(done, 50) * 1e3, "p99_ms": _percentile(done, 99) * 1e3}
+            return {
+                "requests": len(done),
+                "clients": sites,
+                "requests_per_s": len(done) / wall,
+                "p50_ms": _percentile(done, 50) * 1e3,
+                "p99_ms": _percentile(done, 99) * 1e3,
+            }
 
         char = asyncio.run(characterize_load())
         return {
@@ -157,6 +181,9 @@ def run_api_bench(clients: int = 64, requests: int = 4000, characterize_s: float
             "cached_image_304": not_modified,
             "characterize": char,
         }
+    except Exception:
+        print(f"server log: {tmp / 'server.log'}", file=sys.stderr)
+        raise
     finally:
         server.terminate()
         try:
@@ -171,9 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--requests", type=int, default=4000)
     p.add_argument("--characterize-s", type=float, default=20.0)
     p.add_argument("--sites", type=int, default=2)
+    p.add_argument("--model", type=Path, help="model file to upload (default: the reference model)")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
-    r = run_api_bench(a.clients, a.requests, a.characterize_s, a.sites)
+    r = run_api_bench(a.clients, a.requests, a.characterize_s, a.sites, a.model)
     print(json.dumps(r, indent=2))
     if a.json:
         a.json.write_text(json.dumps(r, indent=2))

@@ -12,6 +12,7 @@ from app.api.deps import (
     ImageStoreDep,
     RuntimesDep,
     SessionDep,
+    SessionFactoryDep,
     SettingsDep,
     StationAccess,
 )
@@ -79,9 +80,16 @@ def characterize(
 
 
 def _image(
-    session: SessionDep, runtimes: RuntimesDep, store: ImageStoreDep, ecid: str, model: str, actor: str
+    session: SessionDep,
+    factory: SessionFactoryDep,
+    runtimes: RuntimesDep,
+    store: ImageStoreDep,
+    ecid: str,
+    model: str,
+    actor: str,
 ) -> calibration.ImageOutcome:
-    return calibration.compensate_die(session, runtimes, store, ecid, model, actor=actor)
+    # Reads in the request's read-only session; the first request stores the image in a short write.
+    return calibration.compensate_die(session, runtimes, store, ecid, model, actor=actor, write_db=factory)
 
 
 @router.get(
@@ -105,6 +113,7 @@ def get_image(
     ecid: EcidPath,
     model: ModelQuery,
     session: SessionDep,
+    factory: SessionFactoryDep,
     principal: StationAccess,
     runtimes: RuntimesDep,
     store: ImageStoreDep,
@@ -113,7 +122,7 @@ def get_image(
     """The die's compensated weight image for a model, computed from its current signature on the first
     request and then served from the content-addressed store: the same request returns the same bytes.
     `ETag` is the image's SHA-256; send it back in `If-None-Match` to get 304."""
-    outcome = _image(session, runtimes, store, ecid, model, principal.actor)
+    outcome = _image(session, factory, runtimes, store, ecid, model, principal.actor)
     etag = f'"{outcome.content_sha256}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=0, must-revalidate"}
     if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")} | {"*"}:
@@ -128,12 +137,13 @@ def get_image_meta(
     ecid: EcidPath,
     model: ModelQuery,
     session: SessionDep,
+    factory: SessionFactoryDep,
     principal: StationAccess,
     runtimes: RuntimesDep,
     store: ImageStoreDep,
 ) -> ImageMeta:
     """Provenance of the die's image for a model: signature hash, algorithm version, predicted quality."""
-    return ImageMeta.of(_image(session, runtimes, store, ecid, model, principal.actor))
+    return ImageMeta.of(_image(session, factory, runtimes, store, ecid, model, principal.actor))
 
 
 @router.post(

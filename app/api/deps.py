@@ -31,8 +31,13 @@ def get_settings_dep(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """Commit when the endpoint returns, roll back when it raises (before the response is sent)."""
-    with session_scope(request.app.state.session_factory) as session:
+    """Commit when the endpoint returns, roll back when it raises (before the response is sent).
+
+    GET and HEAD requests read in a deferred transaction, so on SQLite they run in parallel instead
+    of queueing on the write lock; a GET that must write does it through its own short unit of work.
+    """
+    read_only = request.method in ("GET", "HEAD")
+    with session_scope(request.app.state.session_factory, read_only=read_only) as session:
         yield session
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 __all__ = ["SQLITE_BUSY_TIMEOUT_MS", "Session", "make_engine", "make_session_factory", "session_scope"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY_OPTION = "cimcal_read_only"
 
 
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
@@ -28,6 +29,9 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, **kwargs)
 
+    # Connections are cheap; a pool smaller than the web server's thread pool makes requests queue.
+    kwargs.setdefault("pool_size", 20)
+    kwargs.setdefault("max_overflow", 40)
     engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -43,7 +47,10 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Read-only units of work (GET requests, lookups) begin deferred: WAL readers run in parallel.
+        conn.exec_driver_sql(
+            "BEGIN" if conn.get_execution_options().get(READ_ONLY_OPTION) else "BEGIN IMMEDIATE"
+        )
 
     return engine
 
@@ -54,9 +61,15 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit when the block succeeds, roll back when it raises."""
+def session_scope(factory: sessionmaker[Session], *, read_only: bool = False) -> Iterator[Session]:
+    """One unit of work: commit when the block succeeds, roll back when it raises.
+
+    ``read_only`` begins SQLite transactions deferred (no write lock; a write inside may fail with
+    "database is locked" when another writer committed first); elsewhere it changes nothing.
+    """
     session = factory()
+    if read_only:
+        session.connection(execution_options={READ_ONLY_OPTION: True})
     try:
         yield session
         session.commit()

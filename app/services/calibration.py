@@ -111,8 +111,8 @@ Db = Session | sessionmaker[Session]
 phase, so batch workers never hold the database across tester I/O)."""
 
 
-def _scope(db: Db) -> AbstractContextManager[Session]:
-    return nullcontext(db) if isinstance(db, Session) else session_scope(db)
+def _scope(db: Db, *, read_only: bool = False) -> AbstractContextManager[Session]:
+    return nullcontext(db) if isinstance(db, Session) else session_scope(db, read_only=read_only)
 
 
 def parse_model_ref(ref: str) -> tuple[str, str]:
@@ -241,10 +241,16 @@ def compensate_die(
     model_ref: str,
     *,
     actor: str = "system",
+    write_db: Db | None = None,
 ) -> ImageOutcome:
-    """The die's weight image for a model, computed from its current signature on first request."""
-    with _scope(db) as s:
-        # The cached path (every request after the first) loads no blob.
+    """The die's weight image for a model, computed from its current signature on first request.
+
+    ``write_db`` (default ``db``) stores a newly computed image: a GET request reads through its own
+    read-only session and writes, once per image, through a short unit of work of its own.
+    """
+    writer = db if write_db is None else write_db
+    with _scope(db, read_only=True) as s:
+        # The cached path (every request after the first) loads no blob and takes no write lock.
         die = _die(s, ecid)
         model = _model(s, model_ref)
         sig = signatures.current(s, die.id, with_blob=False)
@@ -277,7 +283,7 @@ def compensate_die(
         reason=out.reason or None,
     )
     try:
-        with _scope(db) as s, s.begin_nested():
+        with _scope(writer) as s, s.begin_nested():
             images.add(s, row)
             audit.add(
                 s,
@@ -288,7 +294,7 @@ def compensate_die(
             )
     except IntegrityError:
         # A concurrent request stored the same (die, model, signature) first: serve that row.
-        with _scope(db) as s:
+        with _scope(writer) as s:
             winner = images.get(s, die_id, model_id, sig_id)
             assert winner is not None
             return _image_outcome(ecid, model_ref, winner, False)
@@ -347,7 +353,7 @@ def functional_test_die(
     test_result row without an image: the accuracy *before* calibration).
     """
     image = compensate_die(db, runtimes, store, ecid, model_ref, actor=actor)
-    with _scope(db) as s:
+    with _scope(db, read_only=True) as s:
         die = _die(s, ecid)
         model = _model(s, model_ref)
         if not force:
