@@ -121,7 +121,9 @@ def _running_app(migrated_engine: Engine, tmp_path_factory: pytest.TempPathFacto
     """One started app per backend: building and starting an app per test would dominate the run."""
     url = migrated_engine.url.render_as_string(hide_password=False)
     with TestClient(create_app(_test_settings(url, tmp_path_factory.mktemp("app")))) as client:
-        _empty_tables(migrated_engine)  # tests start from an empty database (start-up stored the reference model)
+        _empty_tables(
+            migrated_engine
+        )  # tests start from an empty database (start-up stored the reference model)
         yield client
 
 
