@@ -249,8 +249,12 @@ def compensate_die(
     read-only session and writes, once per image, through a short unit of work of its own.
     """
     writer = db if write_db is None else write_db
+    name, version = parse_model_ref(model_ref)
     with _scope(db, read_only=True) as s:
-        # The cached path (every request after the first) loads no blob and takes no write lock.
+        # The cached path (every request after the first): one query, no blob, no write lock.
+        hit = images.current_for(s, ecid, name, version)
+        if hit is not None and store.exists(hit.content_sha256):
+            return _image_outcome(ecid, model_ref, hit, False)
         die = _die(s, ecid)
         model = _model(s, model_ref)
         sig = signatures.current(s, die.id, with_blob=False)
