@@ -52,7 +52,7 @@ from hardware.driver import DieAddress
 from hardware.sim.driver import SimulatedDriver
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SCALES = (1.0, 1.5, 2.0, 3.0)
+DEFAULT_SCALES = (2.75, 3.5, 4.5, 5.5)
 DEFAULT_BUDGETS = (4096, 8192, 16384, 32768, 65536, 131072, 262144)
 FLEET_SEED = 2022
 FAST = CompensationConfig(use_cell_error=False, replicas=1)
@@ -534,7 +534,7 @@ def _json_default(v: object) -> object:
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
     p.add_argument("--dies", type=int, default=20, help="dies per variation scale")
-    p.add_argument("--json", type=Path, default=ROOT / "docs" / "quality.json")
+    p.add_argument("--json", type=Path, default=None, help="write the full result (every die) here")
     p.add_argument("--scales", type=float, nargs="+", default=None)
     p.add_argument("--test-clips", type=int, default=360)
     p.add_argument("--finetune-dies", type=int, default=4)
@@ -547,6 +547,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--render", action="store_true", help="only re-render docs/quality.md and .png from --json")
     a = p.parse_args(argv)
     if a.render:
+        if a.json is None:
+            p.error("--render needs --json")
         result = json.loads(Path(a.json).read_text())
         write_markdown(result, ROOT / "docs" / "quality.md")
         write_figure(result, ROOT / "docs" / "quality.png")

@@ -184,7 +184,16 @@ class ActivationStats:
         }
         arrays["manifest"] = np.frombuffer(json.dumps(manifest, sort_keys=True).encode(), dtype=np.uint8)
         for name, ls in self.layers.items():
-            for key in ("p_row", "threshold", "row_tiles", "sample_idx", "weight", "ideal", "tile_sum", "tile_active"):
+            for key in (
+                "p_row",
+                "threshold",
+                "row_tiles",
+                "sample_idx",
+                "weight",
+                "ideal",
+                "tile_sum",
+                "tile_active",
+            ):
                 arrays[f"{name}/{key}"] = np.asarray(getattr(ls, key))
             arrays[f"{name}/pool_bits"] = np.packbits(ls.pool, axis=1)
             arrays[f"{name}/pool_shape"] = np.asarray(ls.pool.shape, dtype=np.int64)
@@ -199,7 +208,9 @@ class ActivationStats:
             with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as z:
                 manifest = json.loads(bytes(z["manifest"]).decode())
                 if manifest["stats_version"] != STATS_VERSION:
-                    raise StatsFormatError(f"activation stats version {manifest['stats_version']} unsupported")
+                    raise StatsFormatError(
+                        f"activation stats version {manifest['stats_version']} unsupported"
+                    )
                 layers: dict[str, LayerStats] = {}
                 for name in manifest["layers"]:
                     shape = tuple(int(v) for v in z[f"{name}/pool_shape"])
@@ -220,7 +231,12 @@ class ActivationStats:
             raise
         except (OSError, KeyError, ValueError, EOFError) as e:
             raise StatsFormatError(f"activation stats cannot be decoded: {e}") from e
-        stats = cls(manifest["program_sha256"], ChipGeometry.from_dict(manifest["geometry"]), layers, manifest["n_calib"])
+        stats = cls(
+            manifest["program_sha256"],
+            ChipGeometry.from_dict(manifest["geometry"]),
+            layers,
+            manifest["n_calib"],
+        )
         if program is not None and program_fingerprint(program) != stats.program_sha256:
             raise StatsFormatError("activation stats were computed for another program (fingerprint differs)")
         return stats
@@ -236,11 +252,15 @@ def _layer_stats(
 ) -> LayerStats:
     wm = layer.weight_matrix().astype(np.float32)  # (K, C)
     k = layer.n_rows
-    row_tiles = np.array([[r0, min(geometry.rows, k - r0)] for r0 in range(0, k, geometry.rows)], dtype=np.int64)
+    row_tiles = np.array(
+        [[r0, min(geometry.rows, k - r0)] for r0 in range(0, k, geometry.rows)], dtype=np.int64
+    )
     pf = pool.astype(np.float32)
     sums = np.stack([pf[:, r0 : r0 + nr] @ wm[r0 : r0 + nr] for r0, nr in row_tiles], axis=-1)  # (P, C, n_rt)
     active = np.stack([pf[:, r0 : r0 + nr].sum(axis=1) for r0, nr in row_tiles], axis=-1)  # (P, n_rt)
-    threshold = np.ceil(np.asarray(layer.arrays["threshold"], np.float64) / geometry.adc_lsb_mac).astype(np.int32)
+    threshold = np.ceil(np.asarray(layer.arrays["threshold"], np.float64) / geometry.adc_lsb_mac).astype(
+        np.int32
+    )
     total = geometry.ideal_codes(sums).astype(np.int64).sum(axis=-1)  # (P, C)
     ideal = total >= threshold[None, :]
     dist = np.abs(total - threshold[None, :] + 0.5)

@@ -36,7 +36,9 @@ from hardware.driver import Driver
 
 def uncalibrated_image(program: NetworkProgram, geometry: ChipGeometry, ecid: str = "") -> WeightImage:
     """The ideal image, as if the die had no variation."""
-    return build_image(program, geometry, ImageHeader(ecid, program.name, program.version, "", "uncalibrated"))
+    return build_image(
+        program, geometry, ImageHeader(ecid, program.name, program.version, "", "uncalibrated")
+    )
 
 
 def _tile_sums(
@@ -58,10 +60,14 @@ def offset_only_image(program: NetworkProgram, signature: Signature, ecid: str =
     ideal = ideal_threshold_codes(program, g)
     offs = _tile_sums(program, signature, signature.offset_mac)
     thr = {
-        name: np.rint(ideal[name] + np.sum(offs[name], axis=0) / g.adc_lsb_mac).astype(np.int32) for name in ideal
+        name: np.rint(ideal[name] + np.sum(offs[name], axis=0) / g.adc_lsb_mac).astype(np.int32)
+        for name in ideal
     }
     return build_image(
-        program, g, ImageHeader(ecid, program.name, program.version, signature.sha256, "baseline-A-offset"), thresholds=thr
+        program,
+        g,
+        ImageHeader(ecid, program.name, program.version, signature.sha256, "baseline-A-offset"),
+        thresholds=thr,
     )
 
 
@@ -76,7 +82,10 @@ def column_scaling_image(program: NetworkProgram, signature: Signature, ecid: st
         gain = np.where(gain > 0.05, gain, 1.0)  # a dead column has no gain to undo
         thr[name] = np.rint(gain * (t_ideal - 0.5) + 0.5).astype(np.int32)
     return build_image(
-        program, g, ImageHeader(ecid, program.name, program.version, signature.sha256, "baseline-B-scale"), thresholds=thr
+        program,
+        g,
+        ImageHeader(ecid, program.name, program.version, signature.sha256, "baseline-B-scale"),
+        thresholds=thr,
     )
 
 

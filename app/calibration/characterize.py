@@ -163,7 +163,9 @@ def _read_all(driver: Driver, macro: int, inputs: NDArray[np.uint8], chunk: int)
     return np.concatenate(parts)
 
 
-def measure(driver: Driver, design: Design, config: CharacterizationConfig) -> tuple[NDArray[np.int16], NDArray[np.int16]]:
+def measure(
+    driver: Driver, design: Design, config: CharacterizationConfig
+) -> tuple[NDArray[np.int16], NDArray[np.int16]]:
     """Write and read every macro with both patterns: codes ``(n, n_macros, phys_cols)`` for W and -W."""
     g = driver.geometry()
     out = []
@@ -171,7 +173,8 @@ def measure(driver: Driver, design: Design, config: CharacterizationConfig) -> t
         for m in range(g.n_macros):
             driver.write_macro(m, pattern)
         codes = np.stack(
-            [_read_all(driver, m, design.inputs, config.max_vectors_per_call) for m in range(g.n_macros)], axis=1
+            [_read_all(driver, m, design.inputs, config.max_vectors_per_call) for m in range(g.n_macros)],
+            axis=1,
         )
         out.append(codes)
     return out[0], out[1]
@@ -217,7 +220,9 @@ class _LinearFit:
     resid_sigma: float
     var_z: float
 
-    def analog(self, a: NDArray[np.float32], w_all: NDArray[np.float32], sign: float, cells: bool) -> NDArray[np.float32]:
+    def analog(
+        self, a: NDArray[np.float32], w_all: NDArray[np.float32], sign: float, cells: bool
+    ) -> NDArray[np.float32]:
         """Predicted analog values (n, m*p) for inputs ``a`` with ``sign * W`` written."""
         rel = (1.0 + self.cell_err) if cells else np.float32(1.0)
         eff = (sign * w_all * self.gain[None, :].astype(np.float32) * rel).astype(np.float32)
@@ -226,7 +231,11 @@ class _LinearFit:
 
 
 def _sparse_apply(
-    a: NDArray[np.float32], rows: NDArray[np.int64], cols: NDArray[np.int64], vals: NDArray[np.floating[Any]], n_cols: int
+    a: NDArray[np.float32],
+    rows: NDArray[np.int64],
+    cols: NDArray[np.int64],
+    vals: NDArray[np.floating[Any]],
+    n_cols: int,
 ) -> NDArray[np.float32]:
     """``a @ D`` (n, n_cols) for a sparse D with entries ``vals`` at (rows, cols)."""
     out = np.zeros((a.shape[0], n_cols), np.float32)
@@ -409,7 +418,9 @@ def estimate_signature(
     if nr >= 2:
         d = np.concatenate([cp[-nr:] - cp[:nr], cn[-nr:] - cn[:nr]]).astype(np.float64)
         var_col = (d**2).mean(axis=0) / 2.0
-        var_m = np.array([_mean_where(var_col[k * p_ : (k + 1) * p_], live[k * p_ : (k + 1) * p_]) for k in range(m_)])
+        var_m = np.array(
+            [_mean_where(var_col[k * p_ : (k + 1) * p_], live[k * p_ : (k + 1) * p_]) for k in range(m_)]
+        )
         sigma_m = noise_sigma_from_repeat_var(var_m) * lsb
     else:
         sigma_m = np.full(m_, math.sqrt(max(2 * fit.var_z - lsb * lsb / 12.0, 1e-4)))
@@ -421,7 +432,9 @@ def estimate_signature(
         a_sub = a[sub_rows]
         edges = _estimate_edges(
             g,
-            np.concatenate([fit.analog(a_sub, w_all, 1.0, keep_cells), fit.analog(a_sub, w_all, -1.0, keep_cells)]),
+            np.concatenate(
+                [fit.analog(a_sub, w_all, 1.0, keep_cells), fit.analog(a_sub, w_all, -1.0, keep_cells)]
+            ),
             np.concatenate([cp[sub_rows], cn[sub_rows]]),
             np.repeat(sigma_m, p_),
             live,

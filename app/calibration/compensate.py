@@ -14,7 +14,9 @@ The image differs from the ideal one in three ways (details and measurements in 
 3. **Per-channel thresholds.** For each output channel we predict, for every sampled calibration
    patch, the distribution of the summed codes on this die (gain, offset, cell errors, stuck cells,
    ADC edges, read noise, all from the signature) and choose the integer threshold that maximises
-   the expected agreement with the ideal chip's decisions (weighted by the patch sample weights).
+   the expected agreement with the ideal chip's decisions (weighted by the patch sample weights)
+   while keeping the channel's expected firing rate equal to the ideal one (a penalty on the rate
+   bias): the expected output matches the ideal.
 
 The binary weights stay the model's: weight flips (to move an expected sum by less than one
 threshold step) were measured not to pay once the tiles are copied.
@@ -43,7 +45,7 @@ from hardware.chip import (
     strip_binary_weights,
 )
 
-ALGORITHM_VERSION = "cimcal-comp-1"
+ALGORITHM_VERSION = "cimcal-comp-2"
 """Recorded in every image header; bump whenever the images this module computes change."""
 
 
@@ -56,6 +58,9 @@ class CompensationConfig:
     use_edges       : use the measured ADC edges when the signature has them
     reroute         : move dead / defective columns to free bit lines
     window          : half-width of the integer threshold search around the first guess (codes)
+    bias_weight     : the threshold maximises ``agreement - bias_weight * bias^2``, ``bias`` being the
+                      predicted firing rate minus the ideal one: unbiased channels matter more than
+                      a few more agreeing decisions (see docs/calibration.md)
     """
 
     replicas: int | None = None
@@ -64,6 +69,7 @@ class CompensationConfig:
     use_edges: bool = True
     reroute: bool = True
     window: int = 4
+    bias_weight: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,16 @@ def replicated_tiles(program: NetworkProgram, geometry: ChipGeometry, replicas: 
     if replicas < 1 or n_used * replicas > geometry.n_macros:
         raise ValueError(f"{replicas} replicas of {n_used} macros do not fit {geometry.n_macros} macros")
     return tuple(
-        Tile(t.layer, t.row_tile, t.col_tile, t.macro + k * n_used, t.row_start, t.n_rows, t.col_start, t.n_cols)
+        Tile(
+            t.layer,
+            t.row_tile,
+            t.col_tile,
+            t.macro + k * n_used,
+            t.row_start,
+            t.n_rows,
+            t.col_start,
+            t.n_cols,
+        )
         for k in range(replicas)
         for t in base
     )
@@ -122,7 +137,9 @@ def route_tile(
         dead_used = 0 if signature is None else int(signature.dead_cols[tile.macro, : tile.n_cols].sum())
         return identity, 0, dead_used
     layer = program.layer(tile.layer)
-    wm = layer.weight_matrix()[tile.row_start : tile.row_start + tile.n_rows, tile.col_start : tile.col_start + tile.n_cols]
+    wm = layer.weight_matrix()[
+        tile.row_start : tile.row_start + tile.n_rows, tile.col_start : tile.col_start + tile.n_cols
+    ]
     p_row = stats.layers[tile.layer].p_row[tile.row_start : tile.row_start + tile.n_rows]
     dead = signature.dead_cols[tile.macro]
     conflict = _stuck_conflicts(signature, tile.macro, wm, p_row)  # (n_cols, phys_cols) expected MAC error
@@ -229,7 +246,9 @@ class _Instance:
     extra: NDArray[np.float64] | None  # (nc, n) MAC: cell-error and stuck-cell terms of each sample
 
 
-def _clipped_normal_mean(mu: NDArray[np.float64], sd: NDArray[np.float64], lo: float, hi: float) -> NDArray[np.float64]:
+def _clipped_normal_mean(
+    mu: NDArray[np.float64], sd: NDArray[np.float64], lo: float, hi: float
+) -> NDArray[np.float64]:
     a = (lo - mu) / sd
     b = (hi - mu) / sd
     pa, pb = ndtr(a), ndtr(b)
@@ -268,7 +287,9 @@ def _code_moments(
             k = lo_k + j
             valid = (k > lo) & (k <= hi)
             idx = np.clip(k - int(lo) - 1, 0, edges.shape[1] - 1)
-            p = np.where(valid, ndtr((vv - edges[ci, idx]) / np.maximum(ss, 1e-9)), (k <= lo).astype(np.float64))
+            p = np.where(
+                valid, ndtr((vv - edges[ci, idx]) / np.maximum(ss, 1e-9)), (k <= lo).astype(np.float64)
+            )
             e_sum += p
             e_sq += (2 * (j + 1) - 1) * p
         base = (lo_k - 1).astype(np.float64)
@@ -325,7 +346,11 @@ def _tile_extras(
         col_of = {int(p): j for j, p in enumerate(phys)}
         for k in sel.tolist():
             j, r = col_of[int(s.col[k])], int(s.row[k])
-            rel = 1.0 + float(signature.cell_error[t.macro, r, s.col[k]]) if cells and signature.cell_error is not None else 1.0
+            rel = (
+                1.0 + float(signature.cell_error[t.macro, r, s.col[k]])
+                if cells and signature.cell_error is not None
+                else 1.0
+            )
             healthy = float(wm_all[r0 + r, c0 + j]) * float(signature.gain[t.macro, s.col[k]]) * rel
             delta = float(s.value[k]) * float(s.magnitude[k]) - healthy
             extra[j] += delta * stats.pool[idx[j], r0 + r].astype(np.float64)
@@ -406,7 +431,11 @@ def sample_model(
 ) -> _SampleModel:
     """The :class:`_SampleModel` of channels c0..c0+nc on the die described by ``signature``."""
     g = signature.geometry
-    resid = signature.cell_residual_sigma if (use_cells and signature.cell_error is not None) else signature.cell_sigma
+    resid = (
+        signature.cell_residual_sigma
+        if (use_cells and signature.cell_error is not None)
+        else signature.cell_sigma
+    )
     s_sum = stats.tile_sum[c0 : c0 + nc].astype(np.float64)  # (nc, n, n_rt)
     n_act = stats.tile_active[c0 : c0 + nc].astype(np.float64)
 
@@ -467,7 +496,9 @@ def optimise_thresholds(
         cand = center[:, None] + offsets[None, :]
         p = model.prob(cand)
         agree = np.einsum("cn,cnk->ck", w, np.where(y[:, :, None], p, 1.0 - p))
-        best = np.argmax(agree, axis=1)
+        bias = np.einsum("cn,cnk->ck", w, p) - np.einsum("cn,cn->c", w, y.astype(np.float64))[:, None]
+        score = agree - config.bias_weight * bias**2
+        best = np.argmax(score, axis=1)
         chosen = cand[rows, best]
         at_edge = (best == 0) | (best == offsets.size - 1)
         if not np.any(at_edge):
@@ -491,7 +522,9 @@ def compensate_image(
     if g != stats.geometry:
         raise ValueError("signature and activation statistics were made for different geometries")
     replicas = choose_replicas(program, g, config)
-    tiles, col_map, moved, unrepaired = place_tiles(program, stats, signature, replicas, reroute=config.reroute)
+    tiles, col_map, moved, unrepaired = place_tiles(
+        program, stats, signature, replicas, reroute=config.reroute
+    )
     macros = place_routed(program, tiles, col_map, g)
     thresholds: dict[str, NDArray[np.int32]] = {}
     layer_agree: dict[str, float] = {}

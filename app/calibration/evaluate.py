@@ -58,7 +58,9 @@ def measured_layer_agreement(
     return out
 
 
-def layer_decisions(image: WeightImage, layer: str, patches: NDArray[np.uint8], read: Read) -> NDArray[np.bool_]:
+def layer_decisions(
+    image: WeightImage, layer: str, patches: NDArray[np.uint8], read: Read
+) -> NDArray[np.bool_]:
     """Binary outputs (n, Cout) of one layer of ``image`` for ``patches`` (n, K) read through ``read``."""
     g = image.geometry
     n_out = image.thresholds[layer].shape[0]

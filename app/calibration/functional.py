@@ -148,7 +148,9 @@ def functional_test(
         raise ValueError("batch must be positive")
     t0, s0 = time.perf_counter(), driver.tester_time_s
     driver.program_image(image_bytes)
-    preds = np.concatenate([driver.run_network(x[i : i + batch]).argmax(axis=1) for i in range(0, x.shape[0], batch)])
+    preds = np.concatenate(
+        [driver.run_network(x[i : i + batch]).argmax(axis=1) for i in range(0, x.shape[0], batch)]
+    )
     correct = int((preds == y).sum())
     return FunctionalResult(
         accuracy=correct / y.shape[0],

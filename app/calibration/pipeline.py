@@ -103,7 +103,9 @@ class ModelContext:
         seed: int = 0,
     ) -> ModelContext:
         """Activation statistics of ``program`` on ``calib_features`` (N, C, H, W) float32."""
-        return cls(program, ActivationStats.from_program(program, calib_features, geometry=geometry, seed=seed))
+        return cls(
+            program, ActivationStats.from_program(program, calib_features, geometry=geometry, seed=seed)
+        )
 
     def to_bytes(self) -> bytes:
         """The statistics (the program itself is stored by the model registry)."""

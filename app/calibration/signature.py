@@ -259,7 +259,13 @@ class Signature:
         for name, arr in sections:
             raw = np.ascontiguousarray(arr).tobytes()
             table.append(
-                {"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset, "nbytes": len(raw)}
+                {
+                    "name": name,
+                    "dtype": arr.dtype.str,
+                    "shape": list(arr.shape),
+                    "offset": offset,
+                    "nbytes": len(raw),
+                }
             )
             blobs.append(raw)
             offset += len(raw)

@@ -24,7 +24,9 @@ from hardware.chip import (
 )
 
 
-def synthetic_features(n: int, input_shape: tuple[int, int, int], rng: np.random.Generator) -> NDArray[np.float32]:
+def synthetic_features(
+    n: int, input_shape: tuple[int, int, int], rng: np.random.Generator
+) -> NDArray[np.float32]:
     """Smooth random feature maps ``(n, *input_shape)`` float32 (spatially correlated noise)."""
     x = rng.standard_normal((n, *input_shape)).astype(np.float32)
     # A 3-tap box blur along both axes gives the maps structure a 3x3 convolution can see.
@@ -112,10 +114,17 @@ def _standardize_classifier(
         fc.kind,
         fc.name,
         dict(fc.attrs),
-        {"weight": np.eye(fc.arrays["weight"].shape[1], dtype=np.float32), "bias": np.zeros(fc.arrays["weight"].shape[1], np.float32)},
+        {
+            "weight": np.eye(fc.arrays["weight"].shape[1], dtype=np.float32),
+            "bias": np.zeros(fc.arrays["weight"].shape[1], np.float32),
+        },
     )
     probe = NetworkProgram(
-        program.name, program.version, program.input_shape, program.class_names, (*program.layers[:-1], zero_fc)
+        program.name,
+        program.version,
+        program.input_shape,
+        program.class_names,
+        (*program.layers[:-1], zero_fc),
     )
     pooled = execute_network(
         build_image(probe, geometry, image.header), features, ideal_readout(image.macros, geometry)
@@ -123,9 +132,15 @@ def _standardize_classifier(
     mu, sd = pooled.mean(axis=0), pooled.std(axis=0) + 1e-3
     w = np.asarray(fc.arrays["weight"], np.float64) / sd[None, :]
     b = -(w @ mu)
-    new_fc = LayerSpec(fc.kind, fc.name, dict(fc.attrs), {"weight": w.astype(np.float32), "bias": b.astype(np.float32)})
+    new_fc = LayerSpec(
+        fc.kind, fc.name, dict(fc.attrs), {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
+    )
     return NetworkProgram(
-        program.name, program.version, program.input_shape, program.class_names, (*program.layers[:-1], new_fc)
+        program.name,
+        program.version,
+        program.input_shape,
+        program.class_names,
+        (*program.layers[:-1], new_fc),
     )
 
 
@@ -137,7 +152,9 @@ def set_median_thresholds(
     for idx, layer in enumerate(layers):
         if not layer.is_binary:
             continue
-        prog = NetworkProgram(program.name, program.version, program.input_shape, program.class_names, tuple(layers))
+        prog = NetworkProgram(
+            program.name, program.version, program.input_shape, program.class_names, tuple(layers)
+        )
         image = build_image(prog, geometry, ImageHeader("", prog.name, prog.version, "", "synthetic"))
         captured: list[NDArray[np.uint8]] = []
 
@@ -158,7 +175,9 @@ def set_median_thresholds(
         arrays = dict(layer.arrays)
         arrays["threshold"] = thr
         layers[idx] = LayerSpec(layer.kind, layer.name, dict(layer.attrs), arrays)
-    return NetworkProgram(program.name, program.version, program.input_shape, program.class_names, tuple(layers))
+    return NetworkProgram(
+        program.name, program.version, program.input_shape, program.class_names, tuple(layers)
+    )
 
 
 def ideal_predictions(
