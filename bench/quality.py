@@ -15,7 +15,7 @@ Accuracy is on a class-stratified subset of the held-out test speakers; activati
 from a separate calibration subset of the validation speakers; fine-tuning tunes on another
 validation subset. A budget sweep (accuracy vs read vectors per die) runs at one scale.
 
-Run: ``python -m bench.quality --dies 20 --json docs/quality.json`` (writes docs/quality.md and
+Run: ``python -m bench.quality --dies 20 --json /tmp/quality.json`` (writes docs/quality.md and
 docs/quality.png too). Dies run in ``workers`` processes with single-threaded BLAS.
 """
 
