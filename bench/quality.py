@@ -26,9 +26,10 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,9 @@ class BenchData:
     software_accuracy: float
 
 
-def _stratified(labels: NDArray[np.int64], n: int, rng: np.random.Generator, exclude: set[int] | None = None) -> NDArray[np.int64]:
+def _stratified(
+    labels: NDArray[np.int64], n: int, rng: np.random.Generator, exclude: set[int] | None = None
+) -> NDArray[np.int64]:
     classes = np.unique(labels)
     per = max(1, n // classes.size)
     out = []
@@ -163,7 +166,9 @@ def _die_task(scale_index: int, scale: float, die: int, finetune_evals: int) -> 
     drv.probe(addr)
     g = drv.geometry()
     rec: dict[str, Any] = {"scale": scale, "die": die, "ecid": addr.ecid}
-    rec["uncalibrated"], rec["functional_tester_s"] = _accuracy(drv, encode_image(uncalibrated_image(data.program, g)))
+    rec["uncalibrated"], rec["functional_tester_s"] = _accuracy(
+        drv, encode_image(uncalibrated_image(data.program, g))
+    )
     t0 = time.perf_counter()
     char = characterize(drv, rng=np.random.default_rng([FLEET_SEED, scale_index, die]))
     rec["characterize_wall_s"] = time.perf_counter() - t0
@@ -196,10 +201,18 @@ def _die_task(scale_index: int, scale: float, die: int, finetune_evals: int) -> 
     rec["oracle"], _ = _accuracy(drv, orc.image_bytes)
     if finetune_evals > 0:
         ft = finetune_thresholds(
-            drv, data.program, data.tune_x, data.tune_y, evaluations=finetune_evals, rng=np.random.default_rng([FLEET_SEED, die]), ecid=addr.ecid
+            drv,
+            data.program,
+            data.tune_x,
+            data.tune_y,
+            evaluations=finetune_evals,
+            rng=np.random.default_rng([FLEET_SEED, die]),
+            ecid=addr.ecid,
         )
         rec["finetune"], _ = _accuracy(drv, ft.image_bytes)
-        rec.update(finetune_tester_s=ft.tester_s, finetune_wall_s=ft.wall_s, finetune_evaluations=ft.evaluations)
+        rec.update(
+            finetune_tester_s=ft.tester_s, finetune_wall_s=ft.wall_s, finetune_evaluations=ft.evaluations
+        )
     return rec
 
 
@@ -222,6 +235,85 @@ def _budget_task(scale_index: int, scale: float, die: int, budget: int) -> dict[
         "signature_bytes": char.signature.nbytes,
         "has_cell_error": char.signature.has_cell_error,
     }
+
+
+ABLATIONS: dict[str, CompensationConfig] = {
+    "cimcal (production)": CompensationConfig(),
+    "without per-cell errors": CompensationConfig(use_cell_error=False),
+    "with ADC edges": CompensationConfig(use_edges=True),
+    "without rate-bias penalty": CompensationConfig(bias_weight=0.0),
+    "2 copies": CompensationConfig(replicas=2),
+    "1 copy": CompensationConfig(replicas=1),
+    "1 copy, without rate-bias penalty": CompensationConfig(replicas=1, bias_weight=0.0),
+}
+
+
+def _ablation_task(scale_index: int, scale: float, die: int) -> dict[str, Any]:
+    from app.calibration.characterize import CharacterizationConfig
+    from app.calibration.evaluate import measured_layer_agreement
+
+    data: BenchData = _STATE["data"]
+    ctx: ModelContext = _STATE["ctx"]
+    addr = _address(scale_index, die)
+    drv = _driver(scale, die)
+    drv.probe(addr)
+    char = characterize(
+        drv,
+        rng=np.random.default_rng([FLEET_SEED, scale_index, die]),
+        config=CharacterizationConfig(edges=True),
+    )
+    rec: dict[str, Any] = {"scale": scale, "die": die}
+    for name, cfg in ABLATIONS.items():
+        if name != "with ADC edges":
+            cfg = replace(cfg, use_edges=False)
+        comp = compensate(ctx, char.signature, addr.ecid, config=cfg)
+        agree = measured_layer_agreement(drv, comp.image, data.program, data.tune_x[:24], rng=die)
+        rec[name] = {
+            "accuracy": _accuracy(drv, comp.image_bytes)[0],
+            "agreement": float(np.mean(list(agree.values()))),
+            "predicted": comp.predicted_agreement,
+        }
+    return rec
+
+
+def run_ablation(
+    dies: int = 4,
+    scales: Sequence[float] = (3.5, 5.5),
+    *,
+    test_clips: int = 360,
+    workers: int = 2,
+    model_path: str | Path | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Accuracy and measured activation agreement of compensation variants (same signatures)."""
+    data, _ = load_bench_data(test_clips, 240, 120, seed, Path(model_path) if model_path else None)
+    scale_list = [float(x) for x in scales]
+    with _pool(data, workers) as pool:
+        futs = [
+            pool.submit(_ablation_task, 90 + si, sc, d)
+            for si, sc in enumerate(scale_list)
+            for d in range(dies)
+        ]
+        recs = [f.result() for f in futs]
+    table: dict[str, Any] = {}
+    for name in ABLATIONS:
+        for sc in scale_list:
+            rs = [r[name] for r in recs if r["scale"] == sc]
+            table.setdefault(name, {})[f"{sc:g}"] = {
+                k: float(np.mean([r[k] for r in rs])) for k in ("accuracy", "agreement", "predicted")
+            }
+    lines = [
+        "| variant | " + " | ".join(f"scale {sc:g}: accuracy / disagreement" for sc in scale_list) + " |"
+    ]
+    lines.append("| --- |" + " ---: |" * len(scale_list))
+    for name, by_scale in table.items():
+        cells = [
+            f"{100 * v['accuracy']:.1f} % / {100 * (1 - v['agreement']):.2f} %" for v in by_scale.values()
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    log("\n".join(lines))
+    return {"table": table, "dies": recs, "markdown": "\n".join(lines)}
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -375,7 +467,9 @@ def write_figure(result: dict[str, Any], path: Path) -> None:
     for m, style in zip(METHODS, ("o-", "s-", "^-", "D-", "v:", "x--"), strict=True):
         mean = np.array([100 * r[m]["mean"] for r in rows])
         low = np.array([100 * r[m]["min"] for r in rows])
-        ax.errorbar(scales, mean, yerr=[mean - low, np.zeros_like(mean)], fmt=style, capsize=3, label=LABELS[m])
+        ax.errorbar(
+            scales, mean, yerr=[mean - low, np.zeros_like(mean)], fmt=style, capsize=3, label=LABELS[m]
+        )
     ax.set_xlabel("variation scale")
     ax.set_ylabel("test accuracy, % (bar: minimum die)")
     ax.set_title("accuracy by variation scale")
@@ -398,6 +492,28 @@ def write_figure(result: dict[str, Any], path: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------- run
+@contextmanager
+def _pool(data: BenchData, workers: int) -> Iterator[ProcessPoolExecutor]:
+    """Worker processes (spawned, single-threaded BLAS and torch) holding the model and the clips."""
+    env_keys = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in env_keys}
+    os.environ.update(dict.fromkeys(env_keys, "1"))  # inherited by the spawned workers
+    try:
+        with ProcessPoolExecutor(
+            max_workers=max(1, workers),
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(data,),
+        ) as pool:
+            yield pool
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_quality_bench(
     dies: int = 20,
     json_path: str | Path | None = None,
@@ -422,11 +538,16 @@ def run_quality_bench(
     the figure when those paths are not None)."""
     t_start = time.perf_counter()
     scales = tuple(float(s) for s in (scales or DEFAULT_SCALES))
-    data, _ = load_bench_data(test_clips, calib_clips, tune_clips, seed, Path(model_path) if model_path else None)
+    data, _ = load_bench_data(
+        test_clips, calib_clips, tune_clips, seed, Path(model_path) if model_path else None
+    )
     g = ChipGeometry()
     ideal_img = uncalibrated_image(data.program, g)
     ideal = float(
-        (execute_network(ideal_img, data.test_x, ideal_readout(ideal_img.macros, g)).argmax(axis=1) == data.test_y).mean()
+        (
+            execute_network(ideal_img, data.test_x, ideal_readout(ideal_img.macros, g)).argmax(axis=1)
+            == data.test_y
+        ).mean()
     )
     log(f"model {data.model_name}: ideal chip {ideal:.3f}, software {data.software_accuracy:.3f}")
     budget_scale = float(budget_scale if budget_scale is not None else scales[len(scales) // 2])
@@ -440,34 +561,24 @@ def run_quality_bench(
             tasks.append(("budget", (si_budget, budget_scale, d, int(b))))
     records: list[dict[str, Any]] = []
     sweep: list[dict[str, Any]] = []
-    env_keys = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {k: os.environ.get(k) for k in env_keys}
-    os.environ.update(dict.fromkeys(env_keys, "1"))  # inherited by the spawned workers
-    try:
-        with ProcessPoolExecutor(
-            max_workers=max(1, workers), mp_context=get_context("spawn"), initializer=_init_worker, initargs=(data,)
-        ) as pool:
-            futures = [
-                (kind, pool.submit(_die_task if kind == "die" else _budget_task, *args)) for kind, args in tasks
-            ]
-            for i, (kind, fut) in enumerate(futures):
-                rec = fut.result()
-                (records if kind == "die" else sweep).append(rec)
-                if kind == "die":
-                    log(
-                        f"[{i + 1}/{len(futures)}] scale {rec['scale']:g} die {rec['die']}: uncal {rec['uncalibrated']:.3f} "
-                        f"A {rec['baseline_a']:.3f} B {rec['baseline_b']:.3f} cimcal {rec['cimcal']:.3f} "
-                        f"fast {rec['cimcal_fast']:.3f} oracle {rec['oracle']:.3f}"
-                        + (f" finetune {rec['finetune']:.3f}" if "finetune" in rec else "")
-                    )
-                else:
-                    log(f"[{i + 1}/{len(futures)}] budget {rec['budget']} die {rec['die']}: {rec['accuracy']:.3f}")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
+    with _pool(data, workers) as pool:
+        futures = [
+            (kind, pool.submit(_die_task if kind == "die" else _budget_task, *args)) for kind, args in tasks
+        ]
+        for i, (kind, fut) in enumerate(futures):
+            rec = fut.result()
+            (records if kind == "die" else sweep).append(rec)
+            if kind == "die":
+                log(
+                    f"[{i + 1}/{len(futures)}] scale {rec['scale']:g} die {rec['die']}: uncal {rec['uncalibrated']:.3f} "
+                    f"A {rec['baseline_a']:.3f} B {rec['baseline_b']:.3f} cimcal {rec['cimcal']:.3f} "
+                    f"fast {rec['cimcal_fast']:.3f} oracle {rec['oracle']:.3f}"
+                    + (f" finetune {rec['finetune']:.3f}" if "finetune" in rec else "")
+                )
             else:
-                os.environ[k] = v
+                log(
+                    f"[{i + 1}/{len(futures)}] budget {rec['budget']} die {rec['die']}: {rec['accuracy']:.3f}"
+                )
     curve = []
     for b in budgets:
         rs = [r for r in sweep if r["budget"] == b]
@@ -544,8 +655,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--model", type=Path, default=None, help="model file (default: the reference model)")
     p.add_argument("--no-docs", action="store_true", help="do not write docs/quality.md and .png")
-    p.add_argument("--render", action="store_true", help="only re-render docs/quality.md and .png from --json")
+    p.add_argument(
+        "--render", action="store_true", help="only re-render docs/quality.md and .png from --json"
+    )
+    p.add_argument(
+        "--ablation", action="store_true", help="compare compensation variants instead (prints a table)"
+    )
     a = p.parse_args(argv)
+    if a.ablation:
+        out = run_ablation(
+            a.dies, a.scales or (3.5, 5.5), test_clips=a.test_clips, workers=a.workers, model_path=a.model
+        )
+        if a.json:
+            Path(a.json).write_text(json.dumps(out, indent=1, default=_json_default))
+        return
     if a.render:
         if a.json is None:
             p.error("--render needs --json")

@@ -28,7 +28,9 @@ def fleet_config(
     return FleetConfig(
         seed=11,
         geometry=SMALL,
-        variation=VariationConfig(variation_scale=scale, dead_col_rate=dead_col_rate, stuck_cell_rate=stuck_cell_rate),
+        variation=VariationConfig(
+            variation_scale=scale, dead_col_rate=dead_col_rate, stuck_cell_rate=stuck_cell_rate
+        ),
         faults=FaultConfig(p_timeout=p_timeout),
     )
 
@@ -38,7 +40,9 @@ def make_driver() -> Callable[..., SimulatedDriver]:
     """A connected driver with ``ADDRESS`` probed, on a fleet built by :func:`fleet_config`."""
 
     def make(scale: float = 1.0, *, noise_seed: int = 0, **kw: float) -> SimulatedDriver:
-        drv = SimulatedDriver(fleet=SimulatedFleet(fleet_config(scale, **kw)), noise_seed=noise_seed).connect()
+        drv = SimulatedDriver(
+            fleet=SimulatedFleet(fleet_config(scale, **kw)), noise_seed=noise_seed
+        ).connect()
         drv.probe(ADDRESS)
         return drv
 
@@ -51,7 +55,13 @@ def tiny() -> tuple[NetworkProgram, NDArray[np.float32], NDArray[np.float32], ND
     rng = np.random.default_rng(3)
     calib = synthetic_features(48, (1, 8, 8), rng)
     program = synthetic_program(
-        rng, input_shape=(1, 8, 8), channels=(8, 16, 12), n_classes=3, pools=(2, 1), calib_features=calib, geometry=SMALL
+        rng,
+        input_shape=(1, 8, 8),
+        channels=(8, 16, 12),
+        n_classes=3,
+        pools=(2, 1),
+        calib_features=calib,
+        geometry=SMALL,
     )
     test = synthetic_features(96, (1, 8, 8), np.random.default_rng(4))
     return program, calib, test, ideal_predictions(program, test, SMALL)

@@ -57,7 +57,14 @@ def test_summary_markdown_and_figure(tmp_path: Path) -> None:
         },
         "summary": rows,
         "budget_curve": [
-            {"budget": b, "accuracy_mean": 0.7, "accuracy_min": 0.6, "tester_s": 0.2, "signature_bytes": 9000, "cell_error_fraction": 0.0}
+            {
+                "budget": b,
+                "accuracy_mean": 0.7,
+                "accuracy_min": 0.6,
+                "tester_s": 0.2,
+                "signature_bytes": 9000,
+                "cell_error_fraction": 0.0,
+            }
             for b in (8192, 131072)
         ],
         "elapsed_s": 60.0,

@@ -38,7 +38,13 @@ def test_estimates_match_the_truth(make_driver: Make) -> None:
     found = set(zip(sig.stuck.macro.tolist(), sig.stuck.row.tolist(), sig.stuck.col.tolist(), strict=True))
     expected = set(zip(m.tolist(), r.tolist(), p.tolist(), strict=True))
     assert found == expected
-    values = dict(zip(zip(sig.stuck.macro.tolist(), sig.stuck.row.tolist(), sig.stuck.col.tolist(), strict=True), sig.stuck.value.tolist(), strict=True))
+    values = dict(
+        zip(
+            zip(sig.stuck.macro.tolist(), sig.stuck.row.tolist(), sig.stuck.col.tolist(), strict=True),
+            sig.stuck.value.tolist(),
+            strict=True,
+        )
+    )
     assert all(values[(a, b, c)] == truth.stuck_value[a, b, c] for a, b, c in expected)
 
 
@@ -82,7 +88,9 @@ def test_same_seed_same_signature(make_driver: Make) -> None:
 
 
 @pytest.mark.parametrize("error", [HardwareTimeoutError, ContactError])
-def test_transient_errors_propagate_and_nothing_is_returned(make_driver: Make, error: type[Exception]) -> None:
+def test_transient_errors_propagate_and_nothing_is_returned(
+    make_driver: Make, error: type[Exception]
+) -> None:
     drv = make_driver(1.0)
     calls = {"n": 0}
     original = drv._read_macro

@@ -100,7 +100,11 @@ def test_a_macro_beyond_repair_is_swapped_for_an_idle_one(ctx: ModelContext, tin
     for col in (0, 1, 2, SMALL.cols, SMALL.cols + 1):  # three used columns dead, and both spares
         sig = _with_dead(sig, tile.macro, col)
     comp = compensate(ctx, sig, ECID, config=CompensationConfig(replicas=1))
-    moved = [t for t in comp.image.tiles if (t.layer, t.row_tile, t.col_tile) == (tile.layer, tile.row_tile, tile.col_tile)]
+    moved = [
+        t
+        for t in comp.image.tiles
+        if (t.layer, t.row_tile, t.col_tile) == (tile.layer, tile.row_tile, tile.col_tile)
+    ]
     assert [t.macro for t in moved] != [tile.macro] and comp.unrepaired_dead_cols == 0 and comp.calibratable
     # The same defects in every macro leave nowhere to go: not calibratable (bin 11).
     for m in range(SMALL.n_macros):
@@ -116,7 +120,9 @@ def test_stuck_cell_that_disagrees_on_a_busy_row_is_routed_away(ctx: ModelContex
     tile = next(t for t in map_network(program, SMALL) if t.n_cols < SMALL.cols)
     ls = ctx.stats.layers[tile.layer]
     rows = np.argsort(-ls.p_row[tile.row_start : tile.row_start + tile.n_rows])[:3]
-    w = program.layer(tile.layer).weight_matrix()[tile.row_start : tile.row_start + tile.n_rows, tile.col_start + 1]
+    w = program.layer(tile.layer).weight_matrix()[
+        tile.row_start : tile.row_start + tile.n_rows, tile.col_start + 1
+    ]
     stuck = replace(
         sig.stuck,
         macro=np.full(3, tile.macro),
@@ -125,5 +131,9 @@ def test_stuck_cell_that_disagrees_on_a_busy_row_is_routed_away(ctx: ModelContex
         value=(-w[rows]).astype(np.int8),
         magnitude=np.ones(3, np.float32),
     )
-    comp = compensate(ctx, replace(sig, stuck=type(sig.stuck)(stuck.macro, stuck.row, stuck.col, stuck.value, stuck.magnitude)), ECID)
+    comp = compensate(
+        ctx,
+        replace(sig, stuck=type(sig.stuck)(stuck.macro, stuck.row, stuck.col, stuck.value, stuck.magnitude)),
+        ECID,
+    )
     assert int(comp.image.col_map[tile.macro, 1]) != 1

@@ -61,9 +61,13 @@ def test_calibratable_limits() -> None:
     assert not calibratable(0, 10_001, 0, n_cols=1000, n_cells=10**6)[0]
 
 
-def test_functional_test_measures_accuracy_and_tester_time(tiny: Tiny, make_driver: Callable[..., SimulatedDriver]) -> None:
+def test_functional_test_measures_accuracy_and_tester_time(
+    tiny: Tiny, make_driver: Callable[..., SimulatedDriver]
+) -> None:
     program, _, test, labels = tiny
-    drv = make_driver(0.0, dead_col_rate=0.0, stuck_cell_rate=0.0)  # a perfect die: labels are its predictions
+    drv = make_driver(
+        0.0, dead_col_rate=0.0, stuck_cell_rate=0.0
+    )  # a perfect die: labels are its predictions
     drv.reset_counters()
     res = functional_test(drv, encode_image(uncalibrated_image(program, SMALL)), test, labels, batch=40)
     assert res.accuracy == 1.0 and res.n == len(labels) == res.n_correct
@@ -71,7 +75,12 @@ def test_functional_test_measures_accuracy_and_tester_time(tiny: Tiny, make_driv
     t = drv.timing
     n_macros = len({tl.macro for tl in uncalibrated_image(program, SMALL).tiles})
     calls = -(-len(labels) // 40)
-    expected = t.program_setup_s + n_macros * t.write_macro_s + calls * t.inference_call_s + len(labels) * t.inference_vector_s
+    expected = (
+        t.program_setup_s
+        + n_macros * t.write_macro_s
+        + calls * t.inference_call_s
+        + len(labels) * t.inference_vector_s
+    )
     assert res.tester_s == pytest.approx(expected) == pytest.approx(drv.tester_time_s)
     with pytest.raises(ValueError):
         functional_test(drv, encode_image(uncalibrated_image(program, SMALL)), test, labels[:-1])
