@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.nn.features import FeatureSpec
+from hardware.chip import BINARY_KINDS, LAYER_KINDS
 
 if TYPE_CHECKING:
     from hardware.chip import NetworkProgram
@@ -45,16 +46,7 @@ if TYPE_CHECKING:
 MODEL_FORMAT = "cimcal-bnn"
 MODEL_FORMAT_VERSION = 1
 MANIFEST_KEY = "manifest.json"
-LAYER_KINDS = (
-    "conv_digital",
-    "conv_binary",
-    "maxpool",
-    "avgpool_global",
-    "flatten",
-    "dense_binary",
-    "dense_digital",
-)
-BINARY_KINDS = ("conv_binary", "dense_binary")
+# The layer vocabulary is the chip's: a model file holds exactly what the chip can execute.
 WEIGHTED_DIGITAL_KINDS = ("conv_digital", "dense_digital")
 
 # Bounds for uploaded models: generous for a KWS-sized BNN, small enough to refuse abuse.
