@@ -47,6 +47,7 @@ async def _load(
     url: str, headers: dict[str, str], clients: int, requests: int, expect: int
 ) -> dict[str, float]:
     latencies: list[float] = []
+    reconnects = [0]
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
         queue.put_nowait(i)
@@ -59,7 +60,12 @@ async def _load(
             except asyncio.QueueEmpty:
                 return
             t0 = time.perf_counter()
-            r = await client.get(url, headers=headers)
+            try:
+                r = await client.get(url, headers=headers)
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                # The server closed an idle keep-alive connection under the client: count it, retry once.
+                reconnects[0] += 1
+                r = await client.get(url, headers=headers)
             latencies.append(time.perf_counter() - t0)
             if r.status_code != expect:
                 raise RuntimeError(f"GET {url}: {r.status_code} {r.text[:200]}")
@@ -75,6 +81,7 @@ async def _load(
         "p50_ms": _percentile(latencies, 50) * 1e3,
         "p99_ms": _percentile(latencies, 99) * 1e3,
         "mean_ms": statistics.fmean(latencies) * 1e3,
+        "reconnects": reconnects[0],
     }
 
 
