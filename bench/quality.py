@@ -53,8 +53,8 @@ from hardware.driver import DieAddress
 from hardware.sim.driver import SimulatedDriver
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SCALES = (2.75, 3.5, 4.5, 5.5)
-DEFAULT_BUDGETS = (4096, 8192, 16384, 32768, 65536, 131072, 262144)
+DEFAULT_SCALES = (2.5, 3.5, 4.5, 5.5)
+DEFAULT_BUDGETS = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
 FLEET_SEED = 2022
 FAST = CompensationConfig(use_cell_error=False, replicas=1)
 METHODS = ("uncalibrated", "baseline_a", "baseline_b", "cimcal", "cimcal_fast", "oracle")
@@ -525,7 +525,7 @@ def run_quality_bench(
     finetune_dies: int = 4,
     finetune_evals: int = 40,
     budgets: Sequence[int] = DEFAULT_BUDGETS,
-    budget_dies: int = 4,
+    budget_dies: int = 6,
     budget_scale: float | None = None,
     workers: int = 2,
     md_path: str | Path | None = ROOT / "docs" / "quality.md",
@@ -650,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--test-clips", type=int, default=360)
     p.add_argument("--finetune-dies", type=int, default=4)
     p.add_argument("--finetune-evals", type=int, default=40)
-    p.add_argument("--budget-dies", type=int, default=4)
+    p.add_argument("--budget-dies", type=int, default=6)
     p.add_argument("--budgets", type=int, nargs="*", default=list(DEFAULT_BUDGETS))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--model", type=Path, default=None, help="model file (default: the reference model)")
