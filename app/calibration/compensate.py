@@ -68,7 +68,7 @@ class CompensationConfig:
     use_cell_error: bool = True
     use_edges: bool = True
     reroute: bool = True
-    window: int = 4
+    window: int = 8
     bias_weight: float = 100.0
 
 
@@ -487,24 +487,36 @@ def optimise_thresholds(
     """Best integer thresholds (nc,) and their predicted agreement (nc,) for one column tile."""
     guess = _first_guess(stats, c0, nc, instances)
     model = sample_model(stats, c0, nc, instances, signature, config.use_cell_error)
-    offsets = np.arange(-config.window, config.window + 1)
     w = stats.weight[c0 : c0 + nc].astype(np.float64)
     y = stats.ideal[c0 : c0 + nc]
-    center = guess.copy()
+    rate_ideal = np.einsum("cn,cn->c", w, y.astype(np.float64))[:, None]
     rows = np.arange(nc)
-    for _ in range(4):
-        cand = center[:, None] + offsets[None, :]
+
+    def best_of(cand: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.intp]]:
         p = model.prob(cand)
         agree = np.einsum("cn,cnk->ck", w, np.where(y[:, :, None], p, 1.0 - p))
-        bias = np.einsum("cn,cnk->ck", w, p) - np.einsum("cn,cn->c", w, y.astype(np.float64))[:, None]
-        score = agree - config.bias_weight * bias**2
-        best = np.argmax(score, axis=1)
-        chosen = cand[rows, best]
+        bias = np.einsum("cn,cnk->ck", w, p) - rate_ideal
+        best = np.argmax(agree - config.bias_weight * bias**2, axis=1)
+        return cand[rows, best], agree[rows, best], best
+
+    offsets = np.arange(-config.window, config.window + 1)
+    center = guess.copy()
+    for _ in range(3):
+        chosen, agreement, best = best_of(center[:, None] + offsets[None, :])
         at_edge = (best == 0) | (best == offsets.size - 1)
         if not np.any(at_edge):
-            break
+            return chosen.astype(np.int32), agreement
         center = np.where(at_edge, chosen, center)
-    return chosen.astype(np.int32), agree[rows, best]
+    # Still on the edge of the window (a guess far off, e.g. next to a dead bit line): scan the whole
+    # range the predicted sums span, coarsely, then refine around the best coarse candidate.
+    lo = np.floor((model.center - 4.0 * model.spread).min(axis=1)).astype(np.int64)
+    hi = np.ceil((model.center + 4.0 * model.spread).max(axis=1)).astype(np.int64) + 1
+    step = max(1, config.window)
+    grid = lo[:, None] + step * np.arange(int(np.ceil((hi - lo).max() / step)) + 1)[None, :]
+    coarse, _, _ = best_of(np.concatenate([grid, chosen[:, None]], axis=1))
+    center = np.where(at_edge, coarse, chosen)
+    chosen, agreement, _ = best_of(center[:, None] + offsets[None, :])
+    return chosen.astype(np.int32), agreement
 
 
 # ----------------------------------------------------------------------------------- the entry point
