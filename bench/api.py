@@ -60,12 +60,15 @@ async def _load(
             except asyncio.QueueEmpty:
                 return
             t0 = time.perf_counter()
-            try:
-                r = await client.get(url, headers=headers)
-            except (httpx.ReadError, httpx.RemoteProtocolError):
-                # The server closed an idle keep-alive connection under the client: count it, retry once.
-                reconnects[0] += 1
-                r = await client.get(url, headers=headers)
+            for attempt in range(4):
+                try:
+                    r = await client.get(url, headers=headers)
+                    break
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    # The server closed a keep-alive connection under the client: count it and retry.
+                    reconnects[0] += 1
+                    if attempt == 3:
+                        raise
             latencies.append(time.perf_counter() - t0)
             if r.status_code != expect:
                 raise RuntimeError(f"GET {url}: {r.status_code} {r.text[:200]}")
