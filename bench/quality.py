@@ -491,8 +491,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
             "offset need only a few reads per macro to be pinned well below the read noise (whose size also "
             "sets the precision they need, so the number of reads does not grow with the variation), and the "
             "tester time of characterization is dominated by its 64 macro writes (0.128 s). Larger budgets "
-            "buy stuck-cell detection at high variation and, from ~65k vectors, per-cell errors (worth about "
-            "0.7 points in the ablation of docs/calibration.md).",
+            "buy stuck-cell detection at high variation and, from ~65k vectors, per-cell errors (worth 0 to "
+            "0.7 points in the ablations of docs/calibration.md, within their run-to-run noise).",
         ]
     lines += ["", "![quality](quality.png)", ""]
     path.write_text("\n".join(lines))
