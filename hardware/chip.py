@@ -342,6 +342,9 @@ class WeightImage:
         for t in self.tiles:
             if not 0 <= t.macro < g.n_macros or t.n_rows > g.rows or t.n_cols > g.cols:
                 raise ChipError(f"tile {t} does not fit the geometry")
+        # One tile per macro: re-reading a macro would average read noise that no tester time paid for.
+        if len({t.macro for t in self.tiles}) != len(self.tiles):
+            raise ChipError("two tiles share a macro")
 
 
 def strip_binary_weights(program: NetworkProgram) -> NetworkProgram:

@@ -128,3 +128,12 @@ def test_im2col_orders_rows_channel_major() -> None:
     assert (ho, wo) == (1, 1)
     assert patches.shape == (1, 18)
     assert np.flatnonzero(patches[0]).tolist() == [9]  # channel 1, kernel row 0, col 0
+
+
+def test_two_tiles_on_one_macro_are_rejected(toy_program: NetworkProgram, geometry: ChipGeometry) -> None:
+    from dataclasses import replace
+
+    image = build_image(toy_program, geometry, HEADER)
+    clash = replace(image, tiles=(*image.tiles, replace(image.tiles[0], row_tile=99)))
+    with pytest.raises(ChipError, match="share a macro"):
+        clash.validate()
