@@ -400,6 +400,30 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def pack_sections(sections: Sequence[tuple[str, NDArray[Any]]]) -> tuple[list[dict[str, Any]], bytes]:
+    """The section table (name, dtype, shape, offset, nbytes) and the concatenated raw bytes.
+
+    Shared by every cimcal binary container (weight images, signatures).
+    """
+    table: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    offset = 0
+    for name, arr in sections:
+        raw = np.ascontiguousarray(arr).tobytes()
+        table.append(
+            {
+                "name": name,
+                "dtype": arr.dtype.str,
+                "shape": list(arr.shape),
+                "offset": offset,
+                "nbytes": len(raw),
+            }
+        )
+        blobs.append(raw)
+        offset += len(raw)
+    return table, b"".join(blobs)
+
+
 def encode_image(image: WeightImage) -> bytes:
     """Serialize an image: prefix, JSON header, little-endian sections, trailing SHA-256.
 
@@ -417,20 +441,7 @@ def encode_image(image: WeightImage) -> bytes:
             continue
         for key in sorted(layer.arrays):
             sections.append((f"{layer.name}/{key}", np.asarray(layer.arrays[key]).astype("<f4")))
-    table, offset, blobs = [], 0, []
-    for name, arr in sections:
-        raw = np.ascontiguousarray(arr).tobytes()
-        table.append(
-            {
-                "name": name,
-                "dtype": arr.dtype.str,
-                "shape": list(arr.shape),
-                "offset": offset,
-                "nbytes": len(raw),
-            }
-        )
-        blobs.append(raw)
-        offset += len(raw)
+    table, payload = pack_sections(sections)
     header = {
         "ecid": image.header.ecid,
         "model": {"name": image.header.model_name, "version": image.header.model_version},
@@ -448,7 +459,7 @@ def encode_image(image: WeightImage) -> bytes:
         "sections": table,
     }
     hjson = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    body = _PREFIX.pack(IMAGE_MAGIC, IMAGE_FORMAT_VERSION, 0, len(hjson)) + hjson + b"".join(blobs)
+    body = _PREFIX.pack(IMAGE_MAGIC, IMAGE_FORMAT_VERSION, 0, len(hjson)) + hjson + payload
     return body + hashlib.sha256(body).digest()
 
 

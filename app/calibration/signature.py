@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from hardware.chip import ChipGeometry
+from hardware.chip import ChipGeometry, pack_sections
 
 SIGNATURE_VERSION = 1
 """Version of the signature model and byte layout; bumped on any incompatible change."""
@@ -255,20 +255,7 @@ class Signature:
             if q.size % 2:
                 q = np.concatenate([q, np.zeros(1, np.int16)])
             sections.append(("cell_error_q4", (q[0::2] | (q[1::2] << 4)).astype("u1")))
-        table, blobs, offset = [], [], 0
-        for name, arr in sections:
-            raw = np.ascontiguousarray(arr).tobytes()
-            table.append(
-                {
-                    "name": name,
-                    "dtype": arr.dtype.str,
-                    "shape": list(arr.shape),
-                    "offset": offset,
-                    "nbytes": len(raw),
-                }
-            )
-            blobs.append(raw)
-            offset += len(raw)
+        table, payload = pack_sections(sections)
         header = {
             "signature_version": SIGNATURE_VERSION,
             "geometry": g.as_dict(),
@@ -279,7 +266,7 @@ class Signature:
             "sections": table,
         }
         hjson = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-        body = _PREFIX.pack(SIGNATURE_MAGIC, SIGNATURE_VERSION, 0, len(hjson)) + hjson + b"".join(blobs)
+        body = _PREFIX.pack(SIGNATURE_MAGIC, SIGNATURE_VERSION, 0, len(hjson)) + hjson + payload
         return body + hashlib.sha256(body).digest()
 
     @classmethod
