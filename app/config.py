@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     test_sites: int = Field(2, ge=1, le=64)
     # Read vectors per die for characterization (None: the calibration package's default).
     characterize_budget: int | None = Field(None, ge=1024)
-    # Evaluation data of the reference KWS task: calibration clips (activation statistics) and
-    # held-out test-speaker clips for the functional test, per class.
+    # The generated KWS datasets (kws-calib / kws-test): clips per class of the validation and
+    # held-out test speakers. A functional test runs functional_test_clips samples of the model's
+    # own test dataset, spread evenly over it.
     eval_clips_per_class: int = Field(40, ge=2, le=400)
     functional_test_clips: int = Field(240, ge=12)
     # Also run the uncompensated network in the functional test (accuracy before calibration).
@@ -42,6 +43,7 @@ class Settings(BaseSettings):
     # Content-addressed store of weight images (files named by their SHA-256).
     image_store_dir: Path = Path("./var/images")
     max_model_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    max_dataset_bytes: int = Field(64 * 1024 * 1024, gt=0)
 
     job_runner: Literal["local", "celery"] = "local"
     broker_url: str = "redis://127.0.0.1:6379/0"

@@ -21,7 +21,7 @@ from app.db.session import make_engine, make_session_factory, session_scope
 from app.db.tables import Role
 from app.errors import AppError, hardware_error_details, hardware_error_status
 from app.jobs.runner import build_runner
-from app.services import auth, models
+from app.services import auth, datasets, models
 from app.services.hardware import DriverPool
 from app.services.images import ImageStore
 from app.services.runtime import ModelRuntimes
@@ -108,7 +108,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 name="bootstrap",
             )
     with session_scope(factory) as session:
-        models.ensure_reference_model(session)
+        # The station's own datasets (generated KWS clips, scikit-learn digits), then the reference
+        # models that use them.
+        datasets.ensure_builtin_datasets(session, settings)
+        models.ensure_reference_models(session, settings)
     # One driver per test site, lent to one request or batch worker at a time.
     pool = DriverPool.from_settings(settings)
     app.state.engine = engine

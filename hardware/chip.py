@@ -191,7 +191,7 @@ class NetworkProgram:
 
     name: str
     version: str
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     class_names: tuple[str, ...]
     layers: tuple[LayerSpec, ...]
 
@@ -528,7 +528,7 @@ def _image_from_header(header: dict[str, Any], payload: bytes) -> WeightImage:
     program = NetworkProgram(
         p["name"],
         p["version"],
-        (int(p["input_shape"][0]), int(p["input_shape"][1]), int(p["input_shape"][2])),
+        tuple(int(v) for v in p["input_shape"]),
         tuple(p["class_names"]),
         tuple(layers),
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api import chips, dashboard, dies, exports, jobs, keys, lots, models
+from app.api import chips, dashboard, datasets, dies, exports, jobs, keys, lots, models
 from app.api.schemas.common import ERROR_RESPONSES
 
 V1_ROUTERS: tuple[APIRouter, ...] = (
@@ -14,6 +14,7 @@ V1_ROUTERS: tuple[APIRouter, ...] = (
     dies.router,
     chips.router,
     models.router,
+    datasets.router,
     keys.router,
     exports.router,
     dashboard.router,

@@ -10,45 +10,34 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
-from starlette.datastructures import UploadFile
-from starlette.types import Message
 
 from app.api.deps import EngineerAccess, PageDep, ReadAccess, SessionDep, SettingsDep
 from app.api.idempotency import IdempotencyDep
 from app.api.schemas.common import CONFLICT, NOT_FOUND, Page, error_response_doc
 from app.api.schemas.models import NAME_PATTERN, ModelOut
-from app.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
+from app.api.uploads import read_file_upload
+from app.nn.network import DATASET_REF_RE
 from app.services import models
 
 router = APIRouter(prefix="/models", tags=["models"])
-
-MULTIPART_OVERHEAD_BYTES = 64 * 1024  # room for the boundaries and the small form fields
+DATASET_REF_PATTERN = DATASET_REF_RE.pattern
 
 
 class ModelMeta(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
     version: str = Field(min_length=1, max_length=32, pattern=NAME_PATTERN)
     software_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    calibration_dataset: str | None = Field(None, max_length=97, pattern=DATASET_REF_PATTERN)
+    test_dataset: str | None = Field(None, max_length=97, pattern=DATASET_REF_PATTERN)
+
+
+FIELDS = ("name", "version", "software_accuracy", "calibration_dataset", "test_dataset")
 
 
 @dataclass(frozen=True)
 class ModelUpload:
     meta: ModelMeta
     data: bytes
-
-
-async def _read_capped(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body of {declared} bytes; the limit is {limit}")
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLargeError(f"request body over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _validated_meta(fields: dict[str, Any], where: str) -> ModelMeta:
@@ -73,39 +62,36 @@ async def read_model_upload(
         float | None,
         Query(description="Accuracy of the float/software model, 0-1 (optional).", examples=[0.874]),
     ] = None,
+    calibration_dataset: Annotated[
+        str | None,
+        Query(
+            description="Calibration dataset name@version (overrides the file's).",
+            examples=["digits-calib@1"],
+        ),
+    ] = None,
+    test_dataset: Annotated[
+        str | None,
+        Query(
+            description="Functional-test dataset name@version (overrides the file's).",
+            examples=["digits-test@1"],
+        ),
+    ] = None,
 ) -> ModelUpload:
     """The upload as either ``multipart/form-data`` (fields ``file``, ``name``, ``version``,
-    ``software_accuracy``) or ``application/octet-stream`` (name and version in the query)."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    limit = settings.max_model_bytes
-    if media_type == "multipart/form-data":
-        body = await _read_capped(request, limit + MULTIPART_OVERHEAD_BYTES)
-
-        async def replay() -> Message:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async with Request(request.scope, replay).form(max_files=1, max_fields=8) as form:
-            file = form.get("file")
-            if not isinstance(file, UploadFile):
-                raise InvalidInputError("multipart upload without a 'file' part", code="validation_error")
-            data = await file.read()
-            form_fields = {k: form.get(k) for k in ("name", "version", "software_accuracy")}
-        query = _query(name, version, software_accuracy)
-        meta = _validated_meta({k: v if v is not None else query[k] for k, v in form_fields.items()}, "body")
-    elif media_type == "application/octet-stream":
-        data = await _read_capped(request, limit)
-        meta = _validated_meta(_query(name, version, software_accuracy), "query")
-    else:
-        raise UnsupportedMediaTypeError(
-            f"content type {media_type or 'missing'!r}: send multipart/form-data or application/octet-stream"
-        )
-    if len(data) > limit:
-        raise PayloadTooLargeError(f"model file of {len(data)} bytes; the limit is {limit}")
-    return ModelUpload(meta, data)
-
-
-def _query(name: str | None, version: str | None, software_accuracy: float | None) -> dict[str, Any]:
-    return {"name": name, "version": version, "software_accuracy": software_accuracy}
+    ``software_accuracy``, ``calibration_dataset``, ``test_dataset``) or
+    ``application/octet-stream`` (the same fields in the query)."""
+    upload = await read_file_upload(request, settings.max_model_bytes, FIELDS)
+    query: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "software_accuracy": software_accuracy,
+        "calibration_dataset": calibration_dataset,
+        "test_dataset": test_dataset,
+    }
+    if upload.fields is None:
+        return ModelUpload(_validated_meta(query, "query"), upload.data)
+    merged = {k: v if v is not None else query[k] for k, v in upload.fields.items()}
+    return ModelUpload(_validated_meta(merged, "body"), upload.data)
 
 
 UPLOAD_BODY_DOC: dict[str, Any] = {
@@ -121,6 +107,8 @@ UPLOAD_BODY_DOC: dict[str, Any] = {
                         "name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 64},
                         "version": {"type": "string", "pattern": NAME_PATTERN, "maxLength": 32},
                         "software_accuracy": {"type": "number", "minimum": 0, "maximum": 1},
+                        "calibration_dataset": {"type": "string", "pattern": DATASET_REF_PATTERN},
+                        "test_dataset": {"type": "string", "pattern": DATASET_REF_PATTERN},
                     },
                 },
                 "example": {
@@ -161,8 +149,11 @@ def upload_model(
     settings: SettingsDep,
     idem: IdempotencyDep,
 ) -> JSONResponse:
-    """Upload a network file; it is parsed and validated before it is stored. 422 ``invalid_model``
-    when it does not parse, 409 ``model_exists`` when the name and version are taken."""
+    """Upload a network file; it is parsed, validated and checked against its calibration and test
+    datasets before it is stored. 422 ``invalid_model`` when it does not parse,
+    ``model_does_not_fit``, ``unknown_dataset``, ``class_mismatch``, ``dataset_shape_mismatch`` or
+    ``dataset_features_mismatch`` when it does not match its datasets; 409 ``model_exists`` when
+    the name and version are taken."""
     meta = upload.meta
     payload = {**meta.model_dump(), "sha256": hashlib.sha256(upload.data).hexdigest()}
 
@@ -174,9 +165,12 @@ def upload_model(
             data=upload.data,
             software_accuracy=meta.software_accuracy,
             max_bytes=settings.max_model_bytes,
+            settings=settings,
             actor=principal.actor,
+            calibration_dataset=meta.calibration_dataset,
+            test_dataset=meta.test_dataset,
         )
-        return ModelOut.model_validate(row)
+        return ModelOut.of(row)
 
     return idem.respond(payload, action)
 
@@ -190,9 +184,7 @@ def list_models(
 ) -> Page[ModelOut]:
     """Models, newest first; ``name`` lists the versions of one model."""
     items, total = models.list_models(session, name=name, limit=page.limit, offset=page.offset)
-    return Page(
-        items=[ModelOut.model_validate(m) for m in items], total=total, limit=page.limit, offset=page.offset
-    )
+    return Page(items=[ModelOut.of(m) for m in items], total=total, limit=page.limit, offset=page.offset)
 
 
 @router.get("/{name}@{version}", responses=NOT_FOUND)
@@ -202,4 +194,4 @@ def get_model(
     session: SessionDep,
     _: ReadAccess,
 ) -> ModelOut:
-    return ModelOut.model_validate(models.get_model(session, name, version))
+    return ModelOut.of(models.get_model(session, name, version))

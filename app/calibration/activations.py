@@ -123,15 +123,15 @@ class ActivationStats:
         batch: int = 64,
         seed: int = 0,
     ) -> ActivationStats:
-        """Run the ideal chip on ``features`` (N, C, H, W) float32 and collect the statistics.
+        """Run the ideal chip on ``features`` (N, *input_shape) float32 and collect the statistics.
 
         ``pool_size`` patches per layer are kept (uniformly sampled); ``samples_per_channel`` of them
         are drawn per channel (stratified). Deterministic in ``seed``.
         """
         geometry = geometry or ChipGeometry()
         feats = np.asarray(features, dtype=np.float32)
-        if feats.ndim != 4 or feats.shape[0] == 0:
-            raise ValueError(f"features shape {feats.shape}: expected a non-empty (N, C, H, W) batch")
+        if feats.ndim != len(program.input_shape) + 1 or feats.shape[0] == 0:
+            raise ValueError(f"features shape {feats.shape}: expected a non-empty (N, *input_shape) batch")
         image = build_image(program, geometry, ImageHeader("", program.name, program.version, "", "stats"))
         readout = ideal_readout(image.macros, geometry)
         binary = program.binary_layers()

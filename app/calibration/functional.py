@@ -1,6 +1,8 @@
 """Functional test and binning: program a die's image, run a labelled set through it, grade it.
 
-Binning (one table, :data:`GRADE_TABLE`; soft bins 1-9 pass, 1 best; 10+ fail; 0 tester alarm):
+Binning (one table, :data:`GRADE_TABLE`; soft bins 1-9 pass, 1 best; 10+ fail; 0 tester alarm).
+The pass grades below are the default; a model may declare its own (``pass_grades``: soft bins
+1-9 with its own limits and labels, e.g. relative to its ideal-chip accuracy):
 
 =========  ========  ===================  ==================================================
 soft bin   hard bin  label                condition
@@ -24,6 +26,7 @@ low accuracy.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -59,6 +62,9 @@ MAX_STUCK_CELL_FRACTION = 0.01
 
 _BY_BIN = {rule.soft_bin: rule for rule in GRADE_TABLE}
 
+DEFAULT_PASS_GRADES: tuple[GradeRule, ...] = tuple(r for r in GRADE_TABLE if r.min_accuracy is not None)
+"""The pass grades of a model that declares no pass limits of its own."""
+
 
 class Grade(NamedTuple):
     """``(hard_bin, soft_bin, label)``: unpacks as the triple the test flow records."""
@@ -83,8 +89,12 @@ def grade(
     calibratable: bool = True,
     gross_defect: bool = False,
     tester_alarm: bool = False,
+    pass_grades: Sequence[GradeRule] = DEFAULT_PASS_GRADES,
 ) -> Grade:
-    """The bin of a die (see :data:`GRADE_TABLE`); ``accuracy`` in [0, 1], None when not measured."""
+    """The bin of a die (see :data:`GRADE_TABLE`); ``accuracy`` in [0, 1], None when not measured.
+
+    ``pass_grades``: the model's own pass grades (soft bins 1-9, best first, absolute limits).
+    """
     if tester_alarm:
         return _grade(0)
     if gross_defect:
@@ -93,9 +103,9 @@ def grade(
         return _grade(11)
     if accuracy is None or not np.isfinite(accuracy):
         return _grade(10)
-    for rule in GRADE_TABLE:
+    for rule in pass_grades:
         if rule.min_accuracy is not None and accuracy >= rule.min_accuracy:
-            return _grade(rule.soft_bin)
+            return Grade(rule.hard_bin, rule.soft_bin, rule.label)
     return _grade(10)
 
 
@@ -138,7 +148,7 @@ def functional_test(
     *,
     batch: int = 256,
 ) -> FunctionalResult:
-    """Program ``image_bytes`` into the die under the probe and run ``features`` (N, 1, H, W) float32
+    """Program ``image_bytes`` into the die under the probe and run ``features`` (N, *input) float32
     in batches of ``batch`` through :meth:`Driver.run_network`; driver errors propagate."""
     x = np.asarray(features, dtype=np.float32)
     y = np.asarray(labels).astype(np.int64)

@@ -6,7 +6,8 @@ Key columns at a glance:
   -> ``Die`` (``wafer_id``, ``x``, ``y``), unique ``ecid``.
 * ``Signature``: history per die (``die_id``, ``version``); at most one row per die has
   ``is_current`` (partial unique index ``uq_signature_current_die``).
-* ``Model`` (``name``, ``version``) unique; ``Image`` unique per (``die_id``, ``model_id``,
+* ``Dataset`` (``name``, ``version``) unique, bytes in ``DatasetBlob`` by content hash.
+* ``Model`` (``name``, ``version``) unique, with its calibration and test datasets; ``Image`` unique per (``die_id``, ``model_id``,
   ``signature_id``) and points at a file named by ``content_sha256`` in the image store.
 * ``TestResult``, ``Job`` / ``JobItem``, ``ApiKey`` (``prefix`` unique), ``AuditEvent``,
   ``IdempotencyRecord`` (``owner``, ``key``) unique.
@@ -121,8 +122,44 @@ class Signature(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class DatasetBlob(Base):
+    """The bytes of a dataset file, stored once per content hash (``app.nn.dataset`` format)."""
+
+    __tablename__ = "dataset_blob"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes]
+    size_bytes: Mapped[int]
+
+
+class Dataset(Base):
+    """A named, versioned dataset (calibration or functional-test inputs with labels)."""
+
+    __tablename__ = "dataset"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64), ForeignKey("dataset_blob.sha256"))
+    size_bytes: Mapped[int]
+    n_samples: Mapped[int]
+    input_shape: Mapped[list[Any]]
+    class_names: Mapped[list[Any]]
+    # "raw" or "log_mel": the front end that made x (the feature spec is in the file's manifest).
+    features: Mapped[str] = mapped_column(String(16))
+    provenance: Mapped[dict[str, Any]]
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Model(Base):
-    """An uploaded network (the bytes ``app.nn.model.load_model_bytes`` accepts)."""
+    """An uploaded network (the bytes ``app.nn.model.load_model_bytes`` accepts).
+
+    Rows stored before model format 2 have no datasets, ideal accuracy nor grade table: they use
+    the station's KWS datasets and the default grades.
+    """
 
     __tablename__ = "model"
     __table_args__ = (UniqueConstraint("name", "version"),)
@@ -135,7 +172,22 @@ class Model(Base):
     size_bytes: Mapped[int]
     class_names: Mapped[list[Any]]
     software_accuracy: Mapped[float | None]
+    format_version: Mapped[int] = mapped_column(default=1, server_default="1")
+    input_shape: Mapped[list[Any] | None]
+    preprocessing: Mapped[str | None] = mapped_column(String(16))
+    calibration_dataset_id: Mapped[int | None] = mapped_column(ForeignKey("dataset.id"))
+    test_dataset_id: Mapped[int | None] = mapped_column(ForeignKey("dataset.id"))
+    # Accuracy of the ideal (variation-free) chip on the test dataset, measured at upload.
+    ideal_accuracy: Mapped[float | None]
+    # The pass limits as declared ({"mode", "grades"}) and resolved to absolute accuracies.
+    pass_limits: Mapped[dict[str, Any] | None]
+    grade_table: Mapped[list[Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    calibration_dataset: Mapped[Dataset | None] = relationship(
+        foreign_keys=[calibration_dataset_id], lazy="joined"
+    )
+    test_dataset: Mapped[Dataset | None] = relationship(foreign_keys=[test_dataset_id], lazy="joined")
 
 
 class Image(Base):

@@ -8,6 +8,7 @@ which a model file stores so that a consumer can check it feeds the features the
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
@@ -47,8 +48,38 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
+        """Parse and check a spec (every field, of the right type and range); raises ValueError."""
+        if not isinstance(d, dict):
+            raise ValueError("feature_spec must be an object")
+        fields = set(cls.__dataclass_fields__)
+        if set(d) != fields:
+            missing, extra = sorted(fields - set(d)), sorted(set(d) - fields)
+            raise ValueError(f"feature_spec keys: missing {missing}, unexpected {extra}")
+        ints = ("sample_rate_hz", "clip_samples", "win_samples", "hop_samples", "n_fft", "n_mels")
+        for k in ints:
+            v = d[k]
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 10**6:
+                raise ValueError(f"feature_spec.{k} must be an integer in [1, 1000000], got {v!r}")
+        for k in fields - set(ints):
+            v = d[k]
+            if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+                raise ValueError(f"feature_spec.{k} must be a finite number, got {v!r}")
+        values: dict[str, Any] = {k: d[k] if k in ints else float(d[k]) for k in fields}
+        spec = cls(**values)
+        if not (
+            spec.win_samples <= spec.clip_samples
+            and spec.win_samples <= spec.n_fft
+            and 0 <= spec.fmin_hz < spec.fmax_hz <= spec.sample_rate_hz / 2
+            and spec.log_floor > 0
+            and spec.norm_std > 0
+            and spec.n_mels <= 1024
+            and spec.n_frames <= 4096
+        ):
+            raise ValueError(
+                "feature_spec is inconsistent: need win <= clip, win <= n_fft, 0 <= fmin < fmax <= "
+                "sample_rate / 2, log_floor > 0, norm_std > 0, n_mels <= 1024, n_frames <= 4096"
+            )
+        return spec
 
 
 DEFAULT_SPEC = FeatureSpec()

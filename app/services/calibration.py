@@ -40,7 +40,8 @@ from app.db.tables import Signature as SignatureRow
 from app.errors import AppError, ConflictError, InvalidInputError, NotFoundError
 from app.services.hardware import DriverPool
 from app.services.images import ImageStore
-from app.services.runtime import ModelRuntime, ModelRuntimes
+from app.services.models import grade_rules
+from app.services.runtime import ModelRuntimes, runtime_for
 from app.services.signatures import record_signature
 from hardware.chip import ImageHeader, build_image, encode_image
 from hardware.driver import DieAddress, Driver, ProtocolError
@@ -211,11 +212,6 @@ def characterize_die(
 
 
 # ------------------------------------------------------------------------------------- compensate
-def _runtime(runtimes: ModelRuntimes, model: Model) -> ModelRuntime:
-    """The model's runtime; its blob is read from the database only when the process lacks it."""
-    return runtimes.cached(model.sha256) or runtimes.get(model.name, model.version, model.sha256, model.blob)
-
-
 def _image_outcome(ecid: str, ref: str, row: Image, created: bool) -> ImageOutcome:
     return ImageOutcome(
         ecid=ecid,
@@ -264,7 +260,7 @@ def compensate_die(
         if existing is not None and store.exists(existing.content_sha256):
             return _image_outcome(ecid, model_ref, existing, False)
         die_id, model_id, sig_id, sig_sha, sig_blob = die.id, model.id, sig.id, sig.sha256, sig.blob
-        runtime = _runtime(runtimes, model)
+        runtime = runtime_for(s, runtimes, model)
     try:
         signature = DieSignature.from_bytes(sig_blob)
     except SignatureFormatError as e:
@@ -351,7 +347,8 @@ def functional_test_die(
     force: bool = True,
     actor: str = "system",
 ) -> TestOutcome:
-    """Program the die's image, run the held-out test clips through it, store accuracy and bins.
+    """Program the die's image, run the model's functional-test samples through it, store accuracy
+    and bins (graded against the model's own pass limits).
 
     With ``settings.measure_uncalibrated`` the uncompensated network is measured too (a second
     test_result row without an image: the accuracy *before* calibration).
@@ -364,7 +361,9 @@ def functional_test_die(
             done = test_results.latest(s, die.id, model.id, image_id=image.image_id)
             if done is not None:
                 earlier = test_results.latest(s, die.id, model.id, image_id=None)
-                _, _, label = grade(done.accuracy, calibratable=image.calibratable)
+                _, _, label = grade(
+                    done.accuracy, calibratable=image.calibratable, pass_grades=grade_rules(model)
+                )
                 return _test_outcome(
                     ecid,
                     model_ref,
@@ -376,9 +375,9 @@ def functional_test_die(
                     False,
                 )
         die_id, model_id = die.id, model.id
-        runtime = _runtime(runtimes, model)
+        runtime = runtime_for(s, runtimes, model)
     data = image_bytes(store, image)
-    ev = runtimes.eval_data()
+    x, y, grades = runtime.test_features, runtime.test_labels, runtime.grades
     t0 = time.perf_counter()
     with pool.acquire() as driver:
         _probe(driver, ecid)
@@ -389,12 +388,12 @@ def functional_test_die(
                 driver.geometry(),
                 ImageHeader(ecid, runtime.name, runtime.version, "", "uncalibrated"),
             )
-            before = functional_test(driver, encode_image(ideal), ev.test_features, ev.test_labels)
-        after = functional_test(driver, data, ev.test_features, ev.test_labels)
-    hard, soft, label = grade(after.accuracy, calibratable=image.calibratable)
+            before = functional_test(driver, encode_image(ideal), x, y)
+        after = functional_test(driver, data, x, y)
+    hard, soft, label = grade(after.accuracy, calibratable=image.calibratable, pass_grades=grades)
     with _scope(db) as s:
         if before is not None:
-            hb, sb, _ = grade(before.accuracy)
+            hb, sb, _ = grade(before.accuracy, pass_grades=grades)
             test_results.add(
                 s,
                 TestResult(
@@ -440,7 +439,7 @@ def functional_test_die(
         row,
         before.accuracy if before else None,
         label,
-        len(ev.test_labels),
+        len(y),
         image.content_sha256,
         True,
     )

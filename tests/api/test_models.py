@@ -13,14 +13,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db.session import session_scope
 from app.db.tables import AuditEvent, Model, Role
 from app.nn.features import FeatureSpec
+from app.nn.kws_data import CLASS_NAMES
 from app.nn.model import BinaryNetwork, Layer, model_bytes
 from tests.api.helpers import assert_error
 
 Headers = Callable[[Role], dict[str, str]]
 
 
-def tiny_model(n_classes: int = 3, accuracy: float | None = 0.5) -> bytes:
+def tiny_model(rotate: int = 0, accuracy: float | None = 0.5) -> bytes:
+    """A flat linear classifier on the KWS input with the KWS classes, rotated by ``rotate``."""
     c, h, w = FeatureSpec().input_shape
+    names = CLASS_NAMES[rotate:] + CLASS_NAMES[:rotate]
+    n_classes = len(names)
     net = BinaryNetwork(
         "tiny",
         "1",
@@ -33,7 +37,7 @@ def tiny_model(n_classes: int = 3, accuracy: float | None = 0.5) -> bytes:
                 bias=np.zeros(n_classes, np.float32),
             ),
         ),
-        tuple(f"class{i}" for i in range(n_classes)),
+        tuple(names),
         metrics={} if accuracy is None else {"software_test_accuracy": accuracy},
     )
     return model_bytes(net)
@@ -59,7 +63,7 @@ def test_multipart_upload_then_read_back(
     created = r.json()
     assert created["name"] == "kws-bnn" and created["version"] == "1.0.0"
     assert created["sha256"] == hashlib.sha256(data).hexdigest() and created["size_bytes"] == len(data)
-    assert created["class_names"] == ["class0", "class1", "class2"] and created["software_accuracy"] == 0.5
+    assert created["class_names"] == list(CLASS_NAMES) and created["software_accuracy"] == 0.5
     assert client.get("/v1/models/kws-bnn@1.0.0", headers=as_role(Role.viewer)).json() == created
     with session_scope(session_factory) as s:
         # (The reference model registered at start-up may be stored too.)
@@ -73,7 +77,7 @@ def test_multipart_upload_then_read_back(
 
 
 def test_raw_bytes_upload_with_name_and_version_in_the_query(client: TestClient, as_role: Headers) -> None:
-    data = tiny_model(n_classes=4, accuracy=None)
+    data = tiny_model(rotate=4, accuracy=None)
     r = client.post(
         "/v1/models",
         params={"name": "kws-bnn", "version": "2", "software_accuracy": 0.9},
@@ -81,7 +85,7 @@ def test_raw_bytes_upload_with_name_and_version_in_the_query(client: TestClient,
         headers={**as_role(Role.admin), "Content-Type": "application/octet-stream"},
     )
     assert r.status_code == 201, r.text
-    assert r.json()["software_accuracy"] == 0.9 and len(r.json()["class_names"]) == 4
+    assert r.json()["software_accuracy"] == 0.9 and r.json()["class_names"][0] == CLASS_NAMES[4]
 
 
 def test_model_listing(client: TestClient, as_role: Headers) -> None:
@@ -146,7 +150,7 @@ def test_an_upload_retried_with_its_idempotency_key_is_stored_once(
     first, again = upload(client, headers, data), upload(client, headers, data)
     assert (first.status_code, again.status_code) == (201, 201) and first.json() == again.json()
     assert again.headers["Idempotent-Replayed"] == "true"
-    assert_error(upload(client, headers, tiny_model(n_classes=5)), 422, "idempotency_key_reused")
+    assert_error(upload(client, headers, tiny_model(rotate=5)), 422, "idempotency_key_reused")
 
 
 def test_a_caller_without_the_role_is_refused_before_the_body_is_read(
