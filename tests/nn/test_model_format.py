@@ -194,7 +194,7 @@ MALFORMED: dict[str, Callable[[Manifest], None]] = {
 }
 
 
-def _good_log_mel_v2() -> bytes:
+def good_log_mel_v2() -> bytes:
     ref = load_reference_model()
     small = image_network(shape=(1, 40, 49), n_classes=12)
     net = replace(
@@ -219,7 +219,7 @@ def _good_log_mel_v2() -> bytes:
 
 @pytest.fixture(scope="module")
 def good_v2() -> bytes:
-    data = _good_log_mel_v2()
+    data = good_log_mel_v2()
     load_model_bytes(data)
     return data
 
