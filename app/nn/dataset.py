@@ -100,6 +100,7 @@ def dataset_bytes(ds: Dataset) -> bytes:
     return write_npz(
         ds.manifest(),
         {"x": np.ascontiguousarray(ds.x, dtype=np.float32), "y": np.ascontiguousarray(ds.y, dtype=np.int64)},
+        compress=False,
     )
 
 

@@ -153,9 +153,16 @@ def _digits_datasets(settings: Settings) -> list[Dataset]:
     return list(digits_datasets().values())
 
 
-BUILTIN_SOURCES: dict[str, Callable[[Settings], list[Dataset]]] = {
-    "kws": _kws_datasets,
-    "digits": _digits_datasets,
+def _digits_refs(settings: Settings) -> list[str]:
+    from app.nn.digits import SPLIT_NAMES
+
+    return list(SPLIT_NAMES.values())
+
+
+# source -> (the refs it registers, cheap to compute; the datasets, generated only when missing)
+BUILTIN_SOURCES: dict[str, tuple[Callable[[Settings], list[str]], Callable[[Settings], list[Dataset]]]] = {
+    "kws": (lambda s: list(kws_dataset_refs(s).as_dict().values()), _kws_datasets),
+    "digits": (_digits_refs, _digits_datasets),
 }
 
 
@@ -166,10 +173,16 @@ def ensure_builtin_datasets(
     sources: tuple[str, ...] = ("kws", "digits"),
     actor: str = "startup",
 ) -> list[DatasetRow]:
-    """Register the station's generated datasets that are not stored yet (idempotent)."""
+    """Register the station's generated datasets that are not stored yet (idempotent; nothing is
+    generated when they all are)."""
     rows = []
     for source in sources:
-        for ds in BUILTIN_SOURCES[source](settings):
+        refs, generate = BUILTIN_SOURCES[source]
+        stored = [datasets.get(session, *parse_dataset_ref(ref)) for ref in refs(settings)]
+        if all(row is not None for row in stored):
+            rows += [row for row in stored if row is not None]
+            continue
+        for ds in generate(settings):
             existing = datasets.get(session, ds.name, ds.version)
             if existing is not None:
                 rows.append(existing)
