@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -31,13 +32,45 @@ class ModelMeta(BaseModel):
     test_dataset: str | None = Field(None, max_length=97, pattern=DATASET_REF_PATTERN)
 
 
+class OnnxMeta(BaseModel):
+    """What an ONNX graph does not carry: the classes of its logits, its preprocessing, its limits."""
+
+    class_names: list[str] = Field(min_length=2, max_length=1024)
+    preprocessing: dict[str, Any] | None = None
+    pass_limits: dict[str, Any] | None = None
+
+
 FIELDS = ("name", "version", "software_accuracy", "calibration_dataset", "test_dataset")
+ONNX_FIELDS = ("class_names", "preprocessing", "pass_limits")
+ONNX_TYPES = ("application/onnx", "application/x-onnx")
 
 
 @dataclass(frozen=True)
 class ModelUpload:
     meta: ModelMeta
     data: bytes
+    onnx: OnnxMeta | None = None
+
+
+def _onnx_meta(fields: dict[str, str | None]) -> OnnxMeta:
+    """The ONNX form fields, each a JSON value (``class_names`` a list, the others objects)."""
+    values: dict[str, Any] = {}
+    for k in ONNX_FIELDS:
+        raw = fields.get(k)
+        if raw is None:
+            continue
+        try:
+            values[k] = json.loads(raw)
+        except ValueError as e:
+            raise RequestValidationError(
+                [{"loc": ("body", k), "msg": f"not valid JSON: {e}", "type": "json_invalid"}]
+            ) from e
+    try:
+        return OnnxMeta.model_validate(values)
+    except ValidationError as e:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        ) from e
 
 
 def _validated_meta(fields: dict[str, Any], where: str) -> ModelMeta:
@@ -80,7 +113,7 @@ async def read_model_upload(
     """The upload as either ``multipart/form-data`` (fields ``file``, ``name``, ``version``,
     ``software_accuracy``, ``calibration_dataset``, ``test_dataset``) or
     ``application/octet-stream`` (the same fields in the query)."""
-    upload = await read_file_upload(request, settings.max_model_bytes, FIELDS)
+    upload = await read_file_upload(request, settings.max_model_bytes, FIELDS + ONNX_FIELDS)
     query: dict[str, Any] = {
         "name": name,
         "version": version,
@@ -90,8 +123,11 @@ async def read_model_upload(
     }
     if upload.fields is None:
         return ModelUpload(_validated_meta(query, "query"), upload.data)
-    merged = {k: v if v is not None else query[k] for k, v in upload.fields.items()}
-    return ModelUpload(_validated_meta(merged, "body"), upload.data)
+    merged = {k: v if v is not None else query[k] for k, v in upload.fields.items() if k in FIELDS}
+    meta = _validated_meta(merged, "body")
+    if upload.media_type in ONNX_TYPES:
+        return ModelUpload(meta, upload.data, _onnx_meta(upload.fields))
+    return ModelUpload(meta, upload.data)
 
 
 UPLOAD_BODY_DOC: dict[str, Any] = {
@@ -109,6 +145,9 @@ UPLOAD_BODY_DOC: dict[str, Any] = {
                         "software_accuracy": {"type": "number", "minimum": 0, "maximum": 1},
                         "calibration_dataset": {"type": "string", "pattern": DATASET_REF_PATTERN},
                         "test_dataset": {"type": "string", "pattern": DATASET_REF_PATTERN},
+                        "class_names": {"type": "string", "description": "ONNX files: a JSON list"},
+                        "preprocessing": {"type": "string", "description": "ONNX files: a JSON object"},
+                        "pass_limits": {"type": "string", "description": "ONNX files: a JSON object"},
                     },
                 },
                 "example": {
@@ -153,16 +192,34 @@ def upload_model(
     datasets before it is stored. 422 ``invalid_model`` when it does not parse,
     ``model_does_not_fit``, ``unknown_dataset``, ``class_mismatch``, ``dataset_shape_mismatch`` or
     ``dataset_features_mismatch`` when it does not match its datasets; 409 ``model_exists`` when
-    the name and version are taken."""
+    the name and version are taken.
+
+    An ONNX file (``torch.onnx.export`` of a network of the supported layers; multipart part of
+    type ``application/onnx``, with the form fields ``class_names``, and optionally
+    ``preprocessing`` and ``pass_limits``, as JSON) is converted to a model file first; an operator
+    outside the supported patterns is 422 ``unsupported_operator`` with its ``op_type`` and
+    ``node``."""
     meta = upload.meta
     payload = {**meta.model_dump(), "sha256": hashlib.sha256(upload.data).hexdigest()}
+    if upload.onnx is not None:
+        payload["onnx"] = upload.onnx.model_dump()
 
     def action() -> ModelOut:
+        data = upload.data
+        if upload.onnx is not None:
+            data = models.model_from_onnx(
+                upload.data,
+                name=meta.name,
+                version=meta.version,
+                class_names=upload.onnx.class_names,
+                preprocessing=upload.onnx.preprocessing,
+                pass_limits=upload.onnx.pass_limits,
+            )
         row = models.upload_model(
             session,
             name=meta.name,
             version=meta.version,
-            data=upload.data,
+            data=data,
             software_accuracy=meta.software_accuracy,
             max_bytes=settings.max_model_bytes,
             settings=settings,

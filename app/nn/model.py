@@ -194,19 +194,25 @@ def _input_v2(inp: Mapping[str, Any]) -> tuple[tuple[int, ...], Preprocessing]:
     _only(inp, {"shape", "preprocessing"}, "manifest.input")
     shape = _shape(_req(inp, "shape", list, "manifest.input"), "manifest.input.shape")
     pre = _req(inp, "preprocessing", dict, "manifest.input")
-    where = "manifest.input.preprocessing"
+    return shape, parse_preprocessing(pre, "manifest.input.preprocessing")
+
+
+def parse_preprocessing(pre: Any, where: str = "preprocessing") -> Preprocessing:
+    """A ``preprocessing`` object of the manifest; raises :class:`ModelFormatError`."""
+    if not isinstance(pre, dict):
+        raise ModelFormatError(f"{where} must be an object")
     kind = _req(pre, "kind", str, where)
     if kind == "log_mel":
         _only(pre, {"kind", "feature_spec"}, where)
         spec = _feature_spec(_req(pre, "feature_spec", dict, where), f"{where}.feature_spec")
-        return shape, Preprocessing("log_mel", spec)
+        return Preprocessing("log_mel", spec)
     if kind == "binarize":
         _only(pre, {"kind", "threshold"}, where)
         threshold = _req(pre, "threshold", (int, float), where)
-        return shape, Preprocessing("binarize", threshold=float(threshold))
+        return Preprocessing("binarize", threshold=float(threshold))
     if kind == "none":
         _only(pre, {"kind"}, where)
-        return shape, Preprocessing("none")
+        return Preprocessing("none")
     raise ModelFormatError(f"{where}.kind {kind!r} is not one of none, log_mel, binarize")
 
 
@@ -218,8 +224,8 @@ def _datasets(d: Any) -> DatasetRefs:
     return DatasetRefs(_req(d, "calibration", str, where), _req(d, "test", str, where))
 
 
-def _pass_limits(d: Any) -> PassLimits:
-    where = "manifest.pass_limits"
+def parse_pass_limits(d: Any, where: str = "manifest.pass_limits") -> PassLimits:
+    """A ``pass_limits`` object of the manifest; raises :class:`ModelFormatError`."""
     if not isinstance(d, dict):
         raise ModelFormatError(f"{where} must be an object")
     _only(d, {"mode", "grades"}, where)
@@ -326,7 +332,7 @@ def _network_from_manifest(manifest: Any, arrays: dict[str, NDArray[Any]]) -> Bi
     if extra:
         raise ModelFormatError(f"model archive has unexpected arrays {extra}")
     datasets = _datasets(manifest["datasets"]) if "datasets" in manifest else None
-    limits = _pass_limits(manifest["pass_limits"]) if "pass_limits" in manifest else None
+    limits = parse_pass_limits(manifest["pass_limits"]) if "pass_limits" in manifest else None
     try:
         return BinaryNetwork(
             name,
@@ -375,6 +381,8 @@ __all__: Sequence[str] = (
     "load_reference_model",
     "model_bytes",
     "model_manifest",
+    "parse_pass_limits",
+    "parse_preprocessing",
     "predict",
     "reference_model_path",
     "save_model",

@@ -32,6 +32,9 @@ from app.nn.model import (
     ModelFormatError,
     ideal_chip_agreement,
     load_model_bytes,
+    model_bytes,
+    parse_pass_limits,
+    parse_preprocessing,
     reference_model_path,
     to_program,
 )
@@ -55,6 +58,41 @@ def parse_network(data: bytes) -> BinaryNetwork:
     except ChipError as e:
         raise InvalidInputError(f"model does not fit the chip: {e}", code="model_does_not_fit") from e
     return network
+
+
+def model_from_onnx(
+    data: bytes,
+    *,
+    name: str,
+    version: str,
+    class_names: list[str],
+    preprocessing: dict[str, Any] | None,
+    pass_limits: dict[str, Any] | None,
+) -> bytes:
+    """The cimcal model file of an ONNX network (``torch.onnx.export`` of the supported layers);
+    422 ``unsupported_operator`` naming the operator and node, ``invalid_model`` otherwise."""
+    from app.nn.onnx_import import UnsupportedOperatorError, network_from_onnx
+
+    try:
+        net = network_from_onnx(
+            data,
+            name=name,
+            version=version,
+            class_names=class_names,
+            preprocessing=None if preprocessing is None else parse_preprocessing(preprocessing),
+            pass_limits=None if pass_limits is None else parse_pass_limits(pass_limits),
+        )
+        return model_bytes(net)
+    except UnsupportedOperatorError as e:
+        raise InvalidInputError(
+            f"ONNX model not supported: {e}",
+            code="unsupported_operator",
+            details={"op_type": e.op_type, "node": e.node},
+        ) from e
+    except ModelFormatError as e:
+        raise InvalidInputError(
+            f"not a valid ONNX model of a binary network: {e}", code="invalid_model"
+        ) from e
 
 
 def evenly(n_total: int, n: int) -> NDArray[np.intp]:
