@@ -26,9 +26,12 @@ from app.db.session import make_engine, make_session_factory, session_scope
 from app.errors import NotFoundError
 from app.jobs.runner import LocalRunner
 from app.jobs.steps import calibration_steps
-from app.services import jobs, lots, models, reporting
+from app.services import jobs, lots, models
 from app.services.jobs import STEP_ORDER, ExecutionContext, JobProgress, StepFunctions
 from app.services.lots import Site, WaferSpec, circular_sites
+from app.services.reporting.lots import LotReport, lot_report
+from app.services.reporting.rows import die_rows
+from app.services.reporting.scope import find_model
 
 DEMO_PRODUCT = "KWS-BCIM-1"
 
@@ -57,7 +60,7 @@ class DemoResult:
     database_url: str
     wall_s: float
     job_s: float
-    report: reporting.LotReport
+    report: LotReport
     progress: JobProgress
     tester_s_per_die: float | None
     test_s_per_die: float | None
@@ -185,8 +188,8 @@ def run(options: DemoOptions, steps: StepsFactory = calibration_steps) -> DemoRe
         job_s = time.perf_counter() - t_job
 
         with session_scope(factory) as s:
-            report = reporting.lot_report(s, lot_id)
-            rows = reporting.die_rows(s, lot_id)
+            report = lot_report(s, lot_id, model=model)
+            rows = die_rows(s, lot_id, find_model(s, model))
         char_s = [r.tester_s for r in rows if r.tester_s is not None]
         test_s = [r.test_time_s for r in rows if r.test_time_s is not None]
         return DemoResult(

@@ -12,12 +12,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse, HTMLResponse
 
-from app.api.deps import PageDep, ReadAccess, SessionDep
+from app.api.deps import ModelFilter, PageDep, ReadAccess, SessionDep
 from app.api.schemas import dashboard as examples
-from app.api.schemas.common import NOT_FOUND
+from app.api.schemas.common import NOT_FOUND, error_response_doc
 from app.dashboard import assets
 from app.errors import NotFoundError
-from app.services import reporting
+from app.services.reporting.dies import DieReport, die_report
+from app.services.reporting.jobs import JobReport, JobSummary, job_report, recent_jobs
+from app.services.reporting.lots import LotList, LotReport, list_lots, lot_report
+from app.services.reporting.wafers import WaferReport, wafer_report
 
 router = APIRouter(prefix="/dashboard", tags=["dashboard"])
 pages = APIRouter(prefix="/dashboard", include_in_schema=False)
@@ -27,49 +30,61 @@ WaferPath = Annotated[int, Path(ge=1, le=99, examples=[1])]
 EcidPath = Annotated[str, Path(max_length=64, examples=["LOT0001-W01-X+001Y+000"])]
 JobIdPath = Annotated[int, Path(ge=1, examples=[1])]
 
+Responses = dict[int | str, dict[str, Any]]
+MODEL_NOT_FOUND: Responses = {
+    404: error_response_doc("Unknown lot, wafer, die or model", "not_found", "no model kws-bnn@9")
+}
 
-def _ok(example: Any, *, not_found: bool = True) -> dict[int | str, dict[str, Any]]:
-    ok: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {"example": example}}}}
-    return {**ok, **NOT_FOUND} if not_found else ok
+
+def _ok(example: Any, errors: Responses | None = None) -> Responses:
+    return {200: {"content": {"application/json": {"example": example}}}, **(errors or {})}
 
 
 # ------------------------------------------------------------------------------------------- JSON
-@router.get("/lots", responses=_ok(examples.LOTS_EXAMPLE, not_found=False))
-def lots(session: SessionDep, _: ReadAccess, page: PageDep) -> reporting.LotList:
-    """Lots, newest first, with die counts, yield (pass = soft bin 1-9) and their latest job."""
-    return reporting.list_lots(session, limit=page.limit, offset=page.offset)
+@router.get("/lots", responses=_ok(examples.LOTS_EXAMPLE, MODEL_NOT_FOUND))
+def lots(session: SessionDep, _: ReadAccess, page: PageDep, model: ModelFilter = None) -> LotList:
+    """Lots, newest first, with die counts, the models tested on each, the yield (pass = soft bin 1-9)
+    of `model` (omitted: each lot's most-tested model) and their latest job."""
+    return list_lots(session, limit=page.limit, offset=page.offset, model=model)
 
 
-@router.get("/lots/{lot_id}", responses=_ok(examples.LOT_EXAMPLE))
-def lot(lot_id: LotIdPath, session: SessionDep, _: ReadAccess) -> reporting.LotReport:
-    """Bin pareto, accuracy before/after calibration, per-wafer trend with SPC limits."""
-    return reporting.lot_report(session, lot_id)
+@router.get("/lots/{lot_id}", responses=_ok(examples.LOT_EXAMPLE, MODEL_NOT_FOUND))
+def lot(lot_id: LotIdPath, session: SessionDep, _: ReadAccess, model: ModelFilter = None) -> LotReport:
+    """The models tested on the lot with their yields; for `model` (omitted: the only or the most-tested
+    one, named in `model`): bin pareto, accuracy before/after calibration, per-wafer trend with SPC
+    limits."""
+    return lot_report(session, lot_id, model=model)
 
 
-@router.get("/lots/{lot_id}/wafers/{number}", responses=_ok(examples.WAFER_EXAMPLE))
-def wafer(lot_id: LotIdPath, number: WaferPath, session: SessionDep, _: ReadAccess) -> reporting.WaferReport:
-    """Every die of the wafer with its soft bin, colour and parametric values."""
-    return reporting.wafer_report(session, lot_id, number)
+@router.get("/lots/{lot_id}/wafers/{number}", responses=_ok(examples.WAFER_EXAMPLE, MODEL_NOT_FOUND))
+def wafer(
+    lot_id: LotIdPath, number: WaferPath, session: SessionDep, _: ReadAccess, model: ModelFilter = None
+) -> WaferReport:
+    """Every die of the wafer with its soft bin, colour and parametric values with `model` (omitted: as
+    for the lot)."""
+    return wafer_report(session, lot_id, number, model=model)
 
 
-@router.get("/dies/{ecid}", responses=_ok(examples.DIE_EXAMPLE))
-def die(ecid: EcidPath, session: SessionDep, _: ReadAccess) -> reporting.DieReport:
-    """A die: its signature (decoded per column when possible), weight images and functional tests."""
-    return reporting.die_report(session, ecid)
+@router.get("/dies/{ecid}", responses=_ok(examples.DIE_EXAMPLE, MODEL_NOT_FOUND))
+def die(ecid: EcidPath, session: SessionDep, _: ReadAccess, model: ModelFilter = None) -> DieReport:
+    """A die: its final result with `model` (omitted: of the models it was tested with, the lot's
+    most-tested), its signature (decoded per column when possible), weight images and functional tests
+    of every model."""
+    return die_report(session, ecid, model=model)
 
 
-@router.get("/jobs", responses=_ok(examples.JOBS_EXAMPLE, not_found=False))
+@router.get("/jobs", responses=_ok(examples.JOBS_EXAMPLE))
 def jobs(
     session: SessionDep, _: ReadAccess, limit: Annotated[int, Query(ge=1, le=200)] = 20
-) -> list[reporting.JobSummary]:
+) -> list[JobSummary]:
     """The most recent jobs."""
-    return reporting.recent_jobs(session, limit=limit)
+    return recent_jobs(session, limit=limit)
 
 
-@router.get("/jobs/{job_id}", responses=_ok(examples.JOB_EXAMPLE))
-def job(job_id: JobIdPath, session: SessionDep, _: ReadAccess) -> reporting.JobReport:
+@router.get("/jobs/{job_id}", responses=_ok(examples.JOB_EXAMPLE, NOT_FOUND))
+def job(job_id: JobIdPath, session: SessionDep, _: ReadAccess) -> JobReport:
     """A job's state and item progress (the job page polls this)."""
-    return reporting.job_report(session, job_id)
+    return job_report(session, job_id)
 
 
 # ------------------------------------------------------------------------------------------ pages

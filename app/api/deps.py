@@ -22,6 +22,7 @@ from app.services import auth
 from app.services.auth import Principal
 from app.services.hardware import DriverPool
 from app.services.images import ImageStore
+from app.services.reporting.scope import MODEL_REF_PATTERN
 from app.services.runtime import ModelRuntimes
 
 
@@ -117,3 +118,15 @@ def page_params(
 
 
 PageDep = Annotated[PageParams, Depends(page_params)]
+
+
+ModelFilter = Annotated[
+    str | None,
+    Query(
+        pattern=MODEL_REF_PATTERN,
+        description="Report the results of this model only (name@version). Omitted: the only model "
+        "tested on the lot; with several, the dashboard shows the most-tested one and the exports answer "
+        "422 `model_required` (docs/exports.md).",
+        examples=["kws-bnn@1"],
+    ),
+]

@@ -56,10 +56,11 @@ def write_e142(wafer: WaferBinMap) -> bytes:
 
     ET.register_namespace("", NAMESPACE)
     root = ET.Element(_q("MapData"))
+    of_model = f" of model {wafer.model}".replace("--", "- -") if wafer.model else ""  # no "--" in comments
     root.append(
         ET.Comment(
-            f" Lot {wafer.lot_id} wafer {wafer.wafer_number}. Soft-bin map. Origin upper left, rows go down "
-            "(die y grows down), columns go right (die x grows right); notch at the bottom. "
+            f" Lot {wafer.lot_id} wafer {wafer.wafer_number}. Soft-bin map{of_model}. Origin upper left, "
+            "rows go down (die y grows down), columns go right (die x grows right); notch at the bottom. "
             f"Reference device {ORIGIN_DEVICE} is die (0, 0). "
         )
     )

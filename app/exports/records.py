@@ -91,7 +91,11 @@ class WaferConfig:
 
 @dataclass(frozen=True)
 class LotResult:
-    """A lot's test data: what one STDF file holds."""
+    """A lot's test data with one model: what one STDF file holds.
+
+    ``job_name`` / ``job_rev`` (MIR ``JOB_NAM`` / ``JOB_REV``, the test program) are the model's name
+    and version: each model's functional test is its own test program on the same part type.
+    """
 
     lot_id: str
     product: str
@@ -116,8 +120,8 @@ class LotResult:
 class WaferBinMap:
     """One wafer's soft-bin map (what an E142 file holds).
 
-    ``bins`` maps every die site to its soft bin, or to ``None`` for a die that has no functional-test
-    result yet. Sites not in ``bins`` carry no die.
+    ``bins`` maps every die site to its soft bin with ``model`` (``name@version``), or to ``None`` for a
+    die that has no functional-test result with it yet. Sites not in ``bins`` carry no die.
     """
 
     lot_id: str
@@ -126,16 +130,20 @@ class WaferBinMap:
     bins: Mapping[tuple[int, int], int | None]
     bin_info: Mapping[int, BinInfo]
     product: str = ""
+    model: str = ""
 
 
 @dataclass(frozen=True)
 class DieRow:
-    """One die's results, flat: a row of the per-die CSV and Parquet tables.
+    """One die's results with one model, flat: a row of the per-die CSV and Parquet tables.
 
-    ``accuracy_before`` / ``accuracy_after`` are fractions (0..1) of the validation set classified
-    correctly by the die running the uncompensated / the die-specific (calibrated) weight image.
-    Bins and test time come from the die's latest calibrated functional test (or, failing that, its
-    latest test of any kind); every field of a step the die has not been through is ``None``.
+    ``model`` (``name@version``) is the model the row's results are for, on every row of a report of
+    that model, tested or not (``None`` only when the lot has no test at all). ``accuracy_before`` /
+    ``accuracy_after`` are fractions (0..1) of the model's validation set classified correctly by the
+    die running the uncompensated model / its die-specific (calibrated) weight image. Bins and test time
+    come from the die's latest calibrated functional test with the model (or, failing that, its latest
+    test with the model); every field of a step the die has not been through is ``None``. The signature
+    figures are the die's, whatever the model.
     """
 
     lot_id: str
@@ -143,10 +151,10 @@ class DieRow:
     x: int
     y: int
     ecid: str
+    model: str | None
     soft_bin: int | None
     hard_bin: int | None
     passed: bool | None
-    model: str | None
     accuracy_before: float | None
     accuracy_after: float | None
     test_time_s: float | None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from app.nn.model import BinaryNetwork, Layer, model_bytes
+from app.nn.model import BinaryNetwork, Layer, load_reference_model, model_bytes
 
 
 def tiny_kws_model(name: str = "tiny", version: str = "1", seed: int = 0) -> bytes:
@@ -45,3 +47,8 @@ def tiny_kws_model(name: str = "tiny", version: str = "1", seed: int = 0) -> byt
     )
     names = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "silence", "unknown")
     return model_bytes(BinaryNetwork(name=name, version=version, layers=layers, class_names=names))
+
+
+def reference_model_as(name: str, version: str) -> bytes:
+    """The trained reference KWS model under another name and version: a second model that passes."""
+    return model_bytes(dataclasses.replace(load_reference_model(), name=name, version=version))

@@ -1,6 +1,6 @@
 """A live server for browser tests: uvicorn in a thread on 127.0.0.1 (a free port) over a temporary SQLite
-database, with a bootstrap admin key; the demo lot is registered over HTTP and its results are added
-through the services and the ORM."""
+database, with a bootstrap admin key; the demo lot is registered over HTTP and its results with two
+models (the second on fewer dies, with bins of its own) are added through the services and the ORM."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from pydantic import SecretStr
 from app.config import Settings
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.main import create_app
-from tests.dashboard.demo import DemoLot, add_demo_results, demo_wafer_specs
+from tests.conftest import SHARED_CACHE_DIR
+from tests.dashboard.demo import DemoLot, add_demo_results, add_second_model_results, demo_wafer_specs
 
 ADMIN_KEY = "cim_admin000_browser-test-admin-key-0123456789abcdef"
 
@@ -30,6 +31,9 @@ class LiveServer:
     database_url: str
     viewer_key: str
     demo: DemoLot
+    """The lot as seen with its most-tested model, the dashboard's default."""
+    second: DemoLot
+    """The lot as seen with the second model."""
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     settings = Settings(
         database_url=database_url,
         auto_migrate=True,
-        cache_dir=tmp / "cache",
+        # The generated datasets registered at start-up are shared with the other tests of the machine.
+        cache_dir=SHARED_CACHE_DIR,
+        eval_clips_per_class=4,
         image_store_dir=tmp / "images",
         auth_enabled=True,
         bootstrap_admin_key=SecretStr(ADMIN_KEY),
@@ -68,8 +74,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         engine = make_engine(database_url)
         with session_scope(make_session_factory(engine)) as session:
             demo = add_demo_results(session, "DEMO001")
+            second = add_second_model_results(session, demo)
         engine.dispose()
-        yield LiveServer(base_url, database_url, viewer_key, demo)
+        yield LiveServer(base_url, database_url, viewer_key, demo, second)
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -8,6 +8,7 @@ images, test results and jobs have no service yet and are written through the OR
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.db.repositories import models as models_repo
-from app.db.tables import Die, Image, Job, JobItem, JobState, Model, TestResult, Wafer
+from app.db.tables import Die, Image, Job, JobItem, JobState, Model, Signature, TestResult, Wafer
 from app.services import lots, signatures
 from app.services.lots import WaferSpec, circular_sites
 
@@ -47,10 +48,13 @@ class DieExpect:
 
 @dataclass
 class DemoLot:
+    """What the demo lot holds for one model (``model``, name@version)."""
+
     lot_id: str
     wafers: list[int]
     dies: dict[str, DieExpect] = field(default_factory=dict)
     job_id: int | None = None
+    model: str = "kws-bnn@1.0.0"
 
     def on_wafer(self, number: int) -> list[DieExpect]:
         return [d for d in self.dies.values() if d.wafer == number]
@@ -254,3 +258,88 @@ def build_demo_lot(
 ) -> DemoLot:
     register_demo_lot(session, lot_id, n_wafers, diameter)
     return add_demo_results(session, lot_id)
+
+
+SECOND_MODEL = "digits-bnn@1"
+SECOND_MODEL_BINS = {True: (3, 1), False: (13, 3)}
+"""(soft, hard) of the second model: pass grade 3 or fail bin 13, bins the first model never gives."""
+
+
+def add_second_model_results(session: Session, demo: DemoLot, model: str = SECOND_MODEL) -> DemoLot:
+    """Test every other characterized die of the demo lot (including some the first model left untested)
+    with a second model, an hour after the first, with bins of its own (:data:`SECOND_MODEL_BINS`).
+
+    Returns the lot as seen with the second model: the same dies and signature figures, that model's
+    accuracies and bins. Fewer dies are tested than with the first model, so the first stays the
+    lot's most-tested model.
+    """
+    name, version = model.split("@")
+    # The live server registers the station's reference models at start-up: use a stored one as is.
+    row = models_repo.get(session, name, version) or models_repo.add(
+        session,
+        Model(
+            name=name,
+            version=version,
+            blob=model.encode(),
+            sha256=hashlib.sha256(model.encode()).hexdigest(),
+            size_bytes=len(model),
+            class_names=[str(d) for d in range(10)],
+            software_accuracy=0.95,
+        ),
+    )
+    rng = np.random.default_rng(11)
+    out = dataclasses.replace(demo, dies={}, model=model, job_id=None)
+    by_ecid = {d.ecid: d for d in session.query(Die).join(Wafer).filter(Wafer.lot_id == demo.lot_id)}
+    characterized = [d for d in demo.dies.values() if d.characterized]
+    chosen = {d.ecid for d in characterized[::2]}
+    for d in demo.dies.values():
+        if d.ecid not in chosen:
+            out.dies[d.ecid] = dataclasses.replace(
+                d, accuracy_before=None, accuracy_after=None, soft_bin=None, hard_bin=None, test_time_s=None
+            )
+            continue
+        die = by_ecid[d.ecid]
+        sig = session.query(Signature).filter(Signature.die_id == die.id, Signature.is_current).one()
+        t = sig.created_at + timedelta(hours=1)
+        before = float(np.clip(0.30 + 0.05 * rng.standard_normal(), 0.05, 0.95))
+        after = float(np.clip(0.75 + 0.1 * rng.standard_normal(), 0.05, 0.99))
+        soft, hard = SECOND_MODEL_BINS[after >= 0.75]
+        test_time_s = round(0.5 + 0.1 * rng.random(), 3)
+        image = Image(
+            die_id=die.id,
+            model_id=row.id,
+            signature_id=sig.id,
+            ecid=die.ecid,
+            signature_sha256=sig.sha256,
+            content_sha256=hashlib.sha256(f"image:{die.ecid}:{model}".encode()).hexdigest(),
+            size_bytes=32_768,
+            created_at=t,
+        )
+        session.add(image)
+        session.flush()
+        for image_id, accuracy, bins, at in (
+            (None, before, (13, 3), t + timedelta(seconds=10)),
+            (image.id, after, (soft, hard), t + timedelta(seconds=20)),
+        ):
+            session.add(
+                TestResult(
+                    die_id=die.id,
+                    model_id=row.id,
+                    image_id=image_id,
+                    accuracy=accuracy,
+                    hard_bin=bins[1],
+                    soft_bin=bins[0],
+                    test_time_s=test_time_s,
+                    created_at=at,
+                )
+            )
+        out.dies[d.ecid] = dataclasses.replace(
+            d,
+            accuracy_before=before,
+            accuracy_after=after,
+            soft_bin=soft,
+            hard_bin=hard,
+            test_time_s=test_time_s,
+        )
+    session.flush()
+    return out

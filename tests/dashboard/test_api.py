@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.dashboard import assets
 from app.db.session import session_scope
-from tests.dashboard.demo import DemoLot, build_demo_lot
+from tests.dashboard.demo import DemoLot, add_second_model_results, build_demo_lot
 
 ECID = "DEMO001-W01-X+000Y+000"
 DATA_ENDPOINTS = [
@@ -77,6 +77,56 @@ def test_unknown_things_are_404(
     r = client.get(path, headers=as_role("viewer"))
     assert r.status_code == 404, r.text
     assert r.json()["error"]["code"] == "not_found"
+
+
+MODEL_FILTERED = [p for p in DATA_ENDPOINTS if "/jobs" not in p]
+
+
+@pytest.mark.parametrize("path", MODEL_FILTERED)
+def test_every_view_and_export_takes_a_model(
+    client: TestClient, as_role: Callable[[str], dict[str, str]], demo: DemoLot, path: str
+) -> None:
+    viewer = as_role("viewer")
+    r = client.get(path, params={"model": demo.model}, headers=viewer)
+    assert r.status_code == 200, r.text
+    r = client.get(path, params={"model": "kws-bnn@9"}, headers=viewer)
+    assert r.status_code == 404, r.text
+    assert r.json()["error"] == {"code": "not_found", "message": "no model kws-bnn@9", "details": None}
+    for malformed in ("kws-bnn", "a@b@c", "kws bnn@1"):
+        r = client.get(path, params={"model": malformed}, headers=viewer)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "validation_error"
+
+
+def test_with_two_models_views_show_the_most_tested_and_exports_ask(
+    client: TestClient,
+    as_role: Callable[[str], dict[str, str]],
+    demo: DemoLot,
+    session_factory: sessionmaker[Session],
+) -> None:
+    with session_scope(session_factory) as s:
+        second = add_second_model_results(s, demo)
+    viewer = as_role("viewer")
+    lot = client.get("/v1/dashboard/lots/DEMO001", headers=viewer).json()
+    assert lot["model"] == demo.model
+    assert [(m["model"], m["n_tested"]) for m in lot["models"]] == [
+        (demo.model, len(demo.tested)),
+        (second.model, len(second.tested)),
+    ]
+    lot = client.get("/v1/dashboard/lots/DEMO001", params={"model": second.model}, headers=viewer).json()
+    assert (lot["model"], lot["n_tested"]) == (second.model, len(second.tested))
+    assert {b["soft_bin"] for b in lot["pareto"]} == {d.soft_bin for d in second.tested}
+    (row,) = client.get("/v1/dashboard/lots", headers=viewer).json()["items"]
+    assert (row["model"], row["n_tested"]) == (demo.model, len(demo.tested))
+    wafer = client.get("/v1/dashboard/lots/DEMO001/wafers/1", params={"model": second.model}, headers=viewer)
+    assert {d["ecid"]: d["soft_bin"] for d in wafer.json()["dies"]} == {
+        d.ecid: d.soft_bin for d in second.on_wafer(1)
+    }
+    for path in [p for p in MODEL_FILTERED if p.startswith("/v1/lots/")]:
+        r = client.get(path, headers=viewer)
+        assert r.status_code == 422, path
+        assert r.json()["error"]["code"] == "model_required"
+        assert client.get(path, params={"model": second.model}, headers=viewer).status_code == 200
 
 
 def test_malformed_ecid_is_422(

@@ -20,7 +20,8 @@ from sqlalchemy import update
 from app.db.base import utcnow
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.db.tables import Job, JobItem, JobState
-from app.services.reporting import PARAMETRICS, soft_bin_color
+from app.services.reporting.bins import soft_bin_color
+from app.services.reporting.wafers import PARAMETRICS
 from tests.dashboard.conftest import LiveServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -171,11 +172,13 @@ def test_lot_page(signed_in: WebDriver, live_server: LiveServer, screenshot_dir:
 
 
 def test_die_page(signed_in: WebDriver, live_server: LiveServer, screenshot_dir: Path) -> None:
-    die = live_server.demo.tested[0]
+    second = live_server.second.dies
+    die = next(d for d in live_server.demo.tested if second[d.ecid].soft_bin is None)
     _open(signed_in, f"{live_server.base_url}/dashboard/dies/{die.ecid}", "die")
     assert die.ecid in signed_in.find_element(By.TAG_NAME, "h1").text
     assert len(signed_in.find_elements(By.CSS_SELECTOR, "#tests tbody tr")) == 2  # before and after
     assert len(signed_in.find_elements(By.CSS_SELECTOR, "#images tbody tr")) == 1
+    assert not signed_in.find_elements(By.ID, "model-select")  # one model: nothing to choose
     assert signed_in.find_elements(By.CSS_SELECTOR, "#signature-figures")
     decoded = bool(signed_in.find_elements(By.CSS_SELECTOR, "#sig-gain .main-svg"))
     if decoded:
@@ -184,6 +187,68 @@ def test_die_page(signed_in: WebDriver, live_server: LiveServer, screenshot_dir:
     else:  # the calibration package is absent: the page says why
         assert signed_in.find_element(By.ID, "signature-note").text
     _shot(signed_in, screenshot_dir, "dashboard-die")
+    assert _console_errors(signed_in) == []
+
+
+def test_lot_page_lists_the_models_and_shows_the_chosen_one(
+    signed_in: WebDriver, live_server: LiveServer, screenshot_dir: Path
+) -> None:
+    first, second = live_server.demo, live_server.second
+    _open(signed_in, f"{live_server.base_url}/dashboard/lots/DEMO001", "lot")
+    rows = signed_in.find_elements(By.CSS_SELECTOR, "#models tbody tr")
+    assert [r.get_attribute("data-model") for r in rows] == [first.model, second.model]
+    cells = [c.text for c in rows[1].find_elements(By.TAG_NAME, "td")]
+    passed = sum(1 <= (d.soft_bin or 0) <= 9 for d in second.tested)
+    assert cells[:3] == [second.model, str(len(second.tested)), str(passed)]
+    assert f"{100 * passed / len(second.tested):.1f} %" in cells[3]
+    assert first.model in signed_in.find_element(By.ID, "model-note").text
+    download = signed_in.find_element(
+        By.CSS_SELECTOR, "button.download[data-path$='/stdf?model=kws-bnn%401.0.0']"
+    )
+    assert download.text == "STDF V4"
+
+    # Choosing the second model reloads the page with its bins.
+    select = signed_in.find_element(By.ID, "model-select")
+    select.find_element(By.CSS_SELECTOR, f"option[value='{second.model}']").click()
+    WebDriverWait(signed_in, 15).until(lambda d: "model=" in d.current_url)
+    _wait_ready(signed_in, "lot")
+    assert signed_in.find_element(By.ID, "model").text == second.model
+    assert not signed_in.find_elements(By.ID, "model-note")
+    bars = signed_in.find_elements(By.CSS_SELECTOR, "#pareto .barlayer .point")
+    assert len(bars) == len({d.soft_bin for d in second.tested})
+    wafer_link = signed_in.find_element(By.CSS_SELECTOR, "#wafers tbody tr a")
+    assert (wafer_link.get_attribute("href") or "").endswith("/wafers/1?model=digits-bnn%401")
+    _shot(signed_in, screenshot_dir, "dashboard-lot-DEMO001-second-model")
+    assert _console_errors(signed_in) == []
+
+
+def test_wafer_map_of_the_second_model(signed_in: WebDriver, live_server: LiveServer) -> None:
+    second = live_server.second
+    _open(signed_in, f"{live_server.base_url}/dashboard/lots/DEMO001/wafers/1?model={second.model}", "wafer")
+    drawn = {
+        r.get_attribute("data-ecid"): (r.get_attribute("fill"), r.get_attribute("data-soft-bin"))
+        for r in signed_in.find_elements(By.CSS_SELECTOR, "#wafer-map rect.die")
+    }
+    expected = {d.ecid: d for d in second.on_wafer(1)}
+    assert set(drawn) == set(expected)
+    for ecid, d in expected.items():
+        assert drawn[ecid] == (soft_bin_color(d.soft_bin), "" if d.soft_bin is None else str(d.soft_bin)), (
+            ecid
+        )
+    target = next(d for d in expected.values() if d.soft_bin is not None)
+    signed_in.find_element(By.CSS_SELECTOR, f"#wafer-map rect[data-ecid='{target.ecid}']").click()
+    panel = signed_in.find_element(By.ID, "die-panel")
+    assert second.model in panel.text
+    die_link = panel.find_element(By.CSS_SELECTOR, "a")
+    assert (die_link.get_attribute("href") or "").endswith(f"/dies/{target.ecid}?model=digits-bnn%401")
+
+    # The die, tested with both models, shows the chosen one and offers the other.
+    die_link.click()
+    _wait_ready(signed_in, "die")
+    assert signed_in.find_element(By.ID, "model").text == second.model
+    options = signed_in.find_elements(By.CSS_SELECTOR, "#model-select option")
+    assert {o.get_attribute("value") for o in options} == {live_server.demo.model, second.model}
+    assert len(signed_in.find_elements(By.CSS_SELECTOR, "#images tbody tr")) == 2
     assert _console_errors(signed_in) == []
 
 

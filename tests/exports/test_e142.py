@@ -87,7 +87,7 @@ def test_wafer_export_round_trips_the_database_bin_map(
     r = client.get(f"/v1/lots/DEMO001/wafers/{wafer}/e142", headers=as_role("viewer"))
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/xml")
-    assert f'filename="DEMO001-W{wafer:02d}.e142.xml"' in r.headers["content-disposition"]
+    assert f'filename="DEMO001-W{wafer:02d}_kws-bnn_1.0.0.e142.xml"' in r.headers["content-disposition"]
     back = e142.read_e142(r.content)
     assert dict(back.bins) == {(d.x, d.y): d.soft_bin for d in demo.on_wafer(wafer)}
     assert (back.lot_id, back.wafer_number) == ("DEMO001", wafer)
@@ -101,3 +101,23 @@ def test_wafer_export_round_trips_the_database_bin_map(
         if d.soft_bin is not None:
             expected[d.soft_bin] = expected.get(d.soft_bin, 0) + 1
     assert counts == expected
+
+
+def test_each_model_has_its_own_wafer_map(
+    client: TestClient, as_role: Callable[[str], dict[str, str]], two_models: tuple[DemoLot, DemoLot]
+) -> None:
+    for demo in two_models:
+        r = client.get(
+            "/v1/lots/DEMO001/wafers/1/e142", params={"model": demo.model}, headers=as_role("viewer")
+        )
+        assert r.status_code == 200, r.text
+        stem = demo.model.replace("@", "_")
+        assert f'filename="DEMO001-W01_{stem}.e142.xml"' in r.headers["content-disposition"]
+        assert f"Soft-bin map of model {demo.model}.".encode() in r.content
+        assert dict(e142.read_e142(r.content).bins) == {(d.x, d.y): d.soft_bin for d in demo.on_wafer(1)}
+    # Without a model, a lot tested with two is refused: the file would hold one of them unannounced.
+    r = client.get("/v1/lots/DEMO001/wafers/1/e142", headers=as_role("viewer"))
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["code"] == "model_required"
+    assert [m["model"] for m in error["details"]["models"]] == [d.model for d in two_models]

@@ -13,10 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.health import VERSION
 from app.db.session import session_scope
 from app.exports import stdf
 from app.exports.records import BinInfo, LotResult, ParametricTest, PartResult, WaferResult
-from app.services import reporting
+from app.services.reporting import exports as plan
+from app.services.reporting.stats import ACCURACY_LSL_PCT
 from tests.dashboard.demo import DemoLot, build_demo_lot
 from tests.exports.pystdf_reader import of_type, read_stdf
 
@@ -151,7 +153,7 @@ def test_lot_stdf_matches_the_database(
     r = client.get("/v1/lots/DEMO001/stdf", headers=as_role("viewer"))
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/octet-stream"
-    assert 'filename="DEMO001.stdf"' in r.headers["content-disposition"]
+    assert 'filename="DEMO001_kws-bnn_1.0.0.stdf"' in r.headers["content-disposition"]
     assert r.content[:6] == struct.pack("<HBBBB", 2, 0, 10, 2, 4)  # FAR: little-endian, V4
     records = read_stdf(r.content)
     counts = Counter(name for name, _ in records)
@@ -159,11 +161,17 @@ def test_lot_stdf_matches_the_database(
     assert counts["FAR"] == counts["MIR"] == counts["MRR"] == counts["WCR"] == counts["PCR"] == 1
     assert counts["WIR"] == counts["WRR"] == len(demo.wafers)
     assert counts["PIR"] == counts["PRR"] == len(tested)
-    assert counts["TSR"] == len(reporting.TEST_PLAN)
+    assert counts["TSR"] == len(plan.TEST_PLAN)
     # Characterized dies carry 5 signature figures, tested ones 2 accuracies.
     assert counts["PTR"] == 7 * len(tested)
     (mir,) = of_type(records, "MIR")
     assert (mir["LOT_ID"], mir["PART_TYP"]) == ("DEMO001", "KWS-BCIM-1")
+    assert (mir["JOB_NAM"], mir["JOB_REV"], mir["EXEC_TYP"], mir["EXEC_VER"]) == (
+        "kws-bnn",
+        "1.0.0",
+        "cimcal",
+        VERSION,
+    )
 
     # Walk the parts: every PRR closes the PTRs since its PIR.
     by_ecid: dict[str, tuple[dict[str, Any], dict[int, dict[str, Any]]]] = {}
@@ -191,29 +199,28 @@ def test_lot_stdf_matches_the_database(
         assert d.tester_s is not None and d.test_time_s is not None
         assert prr["TEST_T"] == round(1000 * (d.tester_s + d.test_time_s))
         assert prr["NUM_TEST"] == len(tests) == 7
+        assert prr["PART_TXT"] == "kws-bnn@1.0.0"
         assert d.accuracy_before is not None and d.accuracy_after is not None
         expected = {
-            reporting.TEST_OFFSET_SPREAD.number: d.offset_spread_mac,
-            reporting.TEST_DEAD_COLS.number: d.n_dead_cols,
-            reporting.TEST_STUCK_CELLS.number: d.n_stuck_cells,
-            reporting.TEST_CHAR_TIME.number: d.tester_s,
-            reporting.TEST_CHAR_READS.number: d.reads,
-            reporting.TEST_ACC_BEFORE.number: 100 * d.accuracy_before,
-            reporting.TEST_ACC_AFTER.number: 100 * d.accuracy_after,
+            plan.TEST_OFFSET_SPREAD.number: d.offset_spread_mac,
+            plan.TEST_DEAD_COLS.number: d.n_dead_cols,
+            plan.TEST_STUCK_CELLS.number: d.n_stuck_cells,
+            plan.TEST_CHAR_TIME.number: d.tester_s,
+            plan.TEST_CHAR_READS.number: d.reads,
+            plan.TEST_ACC_BEFORE.number: 100 * d.accuracy_before,
+            plan.TEST_ACC_AFTER.number: 100 * d.accuracy_after,
         }
         for number, value in expected.items():
             assert value is not None
             assert tests[number]["RESULT"] == pytest.approx(_f32(float(value)), rel=1e-6), (d.ecid, number)
-        after = tests[reporting.TEST_ACC_AFTER.number]
+        after = tests[plan.TEST_ACC_AFTER.number]
         assert (after["LO_LIMIT"], after["HI_LIMIT"], after["UNITS"]) == (
-            reporting.ACCURACY_LSL_PCT,
+            ACCURACY_LSL_PCT,
             100.0,
             "%",
         )
-        assert bool(int(after["TEST_FLG"]) & stdf.TEST_FAILED) == (
-            100 * d.accuracy_after < reporting.ACCURACY_LSL_PCT
-        )
-        assert tests[reporting.TEST_OFFSET_SPREAD.number]["UNITS"] == "MAC"
+        assert bool(int(after["TEST_FLG"]) & stdf.TEST_FAILED) == (100 * d.accuracy_after < ACCURACY_LSL_PCT)
+        assert tests[plan.TEST_OFFSET_SPREAD.number]["UNITS"] == "MAC"
 
     sbr = {int(r["SBIN_NUM"]): int(r["SBIN_CNT"]) for r in of_type(records, "SBR")}
     assert sbr == dict(Counter(d.soft_bin for d in tested))
@@ -224,3 +231,64 @@ def test_lot_stdf_matches_the_database(
         on_wafer = [d for d in tested if d.wafer == number]
         assert w["PART_CNT"] == len(on_wafer)
         assert w["GOOD_CNT"] == sum(1 <= (d.soft_bin or 0) <= 9 for d in on_wafer)
+
+
+def _parts(records: list[tuple[str, dict[str, Any]]]) -> dict[str, tuple[dict[str, Any], dict[int, float]]]:
+    """ECID -> (PRR, {test number: PTR result}) of every part."""
+    parts: dict[str, tuple[dict[str, Any], dict[int, float]]] = {}
+    results: dict[int, float] = {}
+    for name, fields in records:
+        if name == "PIR":
+            results = {}
+        elif name == "PTR":
+            results[int(fields["TEST_NUM"])] = float(fields["RESULT"])
+        elif name == "PRR":
+            parts[str(fields["PART_ID"])] = (fields, results)
+    return parts
+
+
+def test_one_stdf_file_per_model(
+    client: TestClient, as_role: Callable[[str], dict[str, str]], two_models: tuple[DemoLot, DemoLot]
+) -> None:
+    for demo in two_models:
+        r = client.get("/v1/lots/DEMO001/stdf", params={"model": demo.model}, headers=as_role("viewer"))
+        assert r.status_code == 200, r.text
+        name, version = demo.model.split("@")
+        assert f'filename="DEMO001_{name}_{version}.stdf"' in r.headers["content-disposition"]
+        records = read_stdf(r.content)
+        (mir,) = of_type(records, "MIR")
+        assert (mir["LOT_ID"], mir["PART_TYP"], mir["JOB_NAM"], mir["JOB_REV"]) == (
+            "DEMO001",
+            "KWS-BCIM-1",
+            name,
+            version,
+        )
+        parts = _parts(records)
+        assert set(parts) == {d.ecid for d in demo.tested}
+        for d in demo.tested:
+            prr, results = parts[d.ecid]
+            assert (prr["SOFT_BIN"], prr["HARD_BIN"], prr["PART_TXT"]) == (d.soft_bin, d.hard_bin, demo.model)
+            assert d.accuracy_before is not None and d.accuracy_after is not None and d.tester_s is not None
+            assert results[plan.TEST_ACC_BEFORE.number] == pytest.approx(_f32(100 * d.accuracy_before))
+            assert results[plan.TEST_ACC_AFTER.number] == pytest.approx(_f32(100 * d.accuracy_after))
+            assert prr["TEST_T"] == round(1000 * (d.tester_s + (d.test_time_s or 0.0)))
+        sbr = {int(b["SBIN_NUM"]): int(b["SBIN_CNT"]) for b in of_type(records, "SBR")}
+        assert sbr == dict(Counter(d.soft_bin for d in demo.tested))
+        (pcr,) = of_type(records, "PCR")
+        assert pcr["PART_CNT"] == len(demo.tested)
+    first, second = two_models
+    assert not {d.soft_bin for d in first.tested} & {d.soft_bin for d in second.tested}
+
+
+def test_stdf_of_a_lot_with_several_models_needs_the_model(
+    client: TestClient, as_role: Callable[[str], dict[str, str]], two_models: tuple[DemoLot, DemoLot]
+) -> None:
+    r = client.get("/v1/lots/DEMO001/stdf", headers=as_role("viewer"))
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["code"] == "model_required"
+    assert error["details"] == {"models": [{"model": d.model, "n_tested": len(d.tested)} for d in two_models]}
+    r = client.get("/v1/lots/DEMO001/stdf", params={"model": "kws-bnn@9"}, headers=as_role("viewer"))
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+    r = client.get("/v1/lots/DEMO001/stdf", params={"model": "kws-bnn"}, headers=as_role("viewer"))
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "validation_error")

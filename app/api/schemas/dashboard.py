@@ -5,6 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
+MODELS_TESTED: Any = [
+    {
+        "model": "kws-bnn@1.0.0",
+        "n_tested": 86,
+        "n_passed": 53,
+        "yield_pct": 61.628,
+        "last_tested_at": "2026-03-02T08:55:50Z",
+    },
+    {
+        "model": "digits-bnn@1",
+        "n_tested": 48,
+        "n_passed": 20,
+        "yield_pct": 41.667,
+        "last_tested_at": "2026-03-02T09:55:50Z",
+    },
+]
+
 LOTS_EXAMPLE: Any = {
     "items": [
         {
@@ -14,9 +31,11 @@ LOTS_EXAMPLE: Any = {
             "n_wafers": 3,
             "n_dies": 111,
             "n_characterized": 95,
+            "model": "kws-bnn@1.0.0",
             "n_tested": 86,
             "n_passed": 53,
             "yield_pct": 61.628,
+            "models": MODELS_TESTED,
             "latest_job": {
                 "job_id": 1,
                 "kind": "calibrate",
@@ -34,6 +53,8 @@ LOT_EXAMPLE: Any = {
     "lot_id": "LOT0001",
     "product": "KWS-BCIM-1",
     "created_at": "2026-11-26T11:08:40.663036Z",
+    "model": "kws-bnn@1.0.0",
+    "models": MODELS_TESTED,
     "n_dies": 111,
     "n_characterized": 95,
     "n_tested": 86,
@@ -113,6 +134,8 @@ WAFER_EXAMPLE: Any = {
     "lot_id": "LOT0001",
     "product": "KWS-BCIM-1",
     "number": 1,
+    "model": "kws-bnn@1.0.0",
+    "models": MODELS_TESTED,
     "n_sites": 37,
     "n_characterized": 32,
     "n_tested": 29,
@@ -141,7 +164,7 @@ WAFER_EXAMPLE: Any = {
             "hard_bin": 2,
             "passed": False,
             "color": "#f46d43",
-            "model": "kws-bnn 1.0.0",
+            "model": "kws-bnn@1.0.0",
             "accuracy_before_pct": 22.304,
             "accuracy_after_pct": 64.571,
             "offset_spread_mac": 1.4,
@@ -158,7 +181,7 @@ WAFER_EXAMPLE: Any = {
             "hard_bin": 1,
             "passed": True,
             "color": "#66bd63",
-            "model": "kws-bnn 1.0.0",
+            "model": "kws-bnn@1.0.0",
             "accuracy_before_pct": 28.793,
             "accuracy_after_pct": 73.357,
             "offset_spread_mac": 1.279,
@@ -181,16 +204,18 @@ DIE_EXAMPLE: Any = {
     "x": 0,
     "y": -1,
     "created_at": "2026-11-26T11:08:40.669488Z",
+    "model": "kws-bnn@1.0.0",
+    "models": ["kws-bnn@1.0.0"],
     "final": {
         "lot_id": "LOT0001",
         "wafer": 1,
         "x": 0,
         "y": -1,
         "ecid": "LOT0001-W01-X+000Y-001",
+        "model": "kws-bnn@1.0.0",
         "soft_bin": 1,
         "hard_bin": 1,
         "passed": True,
-        "model": "kws-bnn 1.0.0",
         "accuracy_before": 0.419,
         "accuracy_after": 0.852,
         "test_time_s": 0.801,
@@ -322,11 +347,11 @@ JOB_EXAMPLE: Any = {
     "errors": [],
 }
 CSV_EXAMPLE = (
-    "lot_id,wafer,x,y,ecid,soft_bin,hard_bin,passed,model,accuracy_before,accuracy_after,test_time_s,"
+    "lot_id,wafer,x,y,ecid,model,soft_bin,hard_bin,passed,accuracy_before,accuracy_after,test_time_s,"
     "tested_at,signature_version,reads,tester_s,n_dead_cols,n_stuck_cells,offset_spread_mac,characterized_at\n"
-    "LOT0001,1,0,-3,LOT0001-W01-X+000Y-003,2,1,True,kws-bnn 1.0.0,0.2879329105324384,0.7335675283106033,0.839,"
+    "LOT0001,1,0,-3,LOT0001-W01-X+000Y-003,kws-bnn@1.0.0,2,1,True,0.2879329105324384,0.7335675283106033,0.839,"
     "2026-03-02T08:01:20+00:00,1,21922,1.506,2,4,1.27919486198959,2026-03-02T08:01:00+00:00\n"
-    "LOT0001,1,-2,-2,LOT0001-W01-X-002Y-002,,,,,,,,,,,,,,,\n"
+    "LOT0001,1,-2,-2,LOT0001-W01-X-002Y-002,kws-bnn@1.0.0,,,,,,,,,,,,,,\n"
 )
 
 E142_EXAMPLE = """<?xml version='1.0' encoding='UTF-8'?>

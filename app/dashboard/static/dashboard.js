@@ -1,5 +1,7 @@
 // cimcal dashboard: one script for every page. It reads location.pathname, fetches the JSON under
 // /v1/dashboard with the viewer key from localStorage (sent as X-API-Key) and draws with plotly.
+// Lot, wafer and die pages are of one model: ?model=name@version in the page URL is passed on to the
+// JSON, the links and the export downloads; without it the server picks the default (docs/dashboard.md).
 // When a view has finished drawing, <body data-ready="<view>"> is set (the browser tests wait on it).
 "use strict";
 
@@ -57,6 +59,36 @@
     return h("a", { href }, text);
   }
   const enc = encodeURIComponent;
+
+  // ------------------------------------------------------------------ the model a page is of
+  function pageModel() {
+    return new URLSearchParams(location.search).get("model");
+  }
+  // path with ?model= (or &model=) when there is a model.
+  function withModel(path, model) {
+    return model ? `${path}${path.includes("?") ? "&" : "?"}model=${enc(model)}` : path;
+  }
+  // The model's part of a download's file name: kws-bnn@1 -> _kws-bnn_1 (as the server names files).
+  function fileModel(model) {
+    return model ? `_${model.replace("@", "_")}` : "";
+  }
+  // A drop-down of the models (name@version) the page can show; choosing one reloads the page with it.
+  function modelPicker(current, refs) {
+    const all = current && !refs.includes(current) ? [...refs, current] : refs;
+    if (!all.length) return null;
+    const select = h("select", { id: "model-select", "aria-label": "model" }, all.map((m) => h("option", { value: m, selected: m === current }, m)));
+    select.addEventListener("change", () => {
+      const url = new URL(location.href);
+      url.searchParams.set("model", select.value);
+      location.assign(url.toString());
+    });
+    return h("label", { class: "model-picker" }, "Model ", select);
+  }
+  // Why this model is shown, when the page URL did not name one and the lot has several.
+  function modelNote(r) {
+    if (pageModel() || r.models.length < 2) return null;
+    return h("p", { class: "muted", id: "model-note" }, `${r.models.length} models were tested on this lot; showing the most-tested one, ${r.model}.`);
+  }
 
   class HttpError extends Error {
     constructor(status, code, message) {
@@ -194,13 +226,15 @@
         h("td", { class: "num" }, l.n_passed),
         h("td", {}, yieldCell(l.yield_pct)),
         h("td", {}, jobBadge(l.latest_job)),
+        h("td", { class: "models" }, l.models.length ? l.models.flatMap((m, i) => [i ? ", " : null, link(withModel(`/dashboard/lots/${enc(l.lot_id)}`, m.model), `${m.model} (${m.n_tested})`)]) : dash),
       ),
     );
     const jobRows = jobs.map((j) => [link(`/dashboard/jobs/${j.id}`, `#${j.id}`), j.kind, h("span", { class: `badge state-${j.state}` }, j.state), j.created_by, when(j.created_at), when(j.finished_at)]);
     render(
       h("h1", {}, "Lots"),
+      h("p", { class: "muted" }, "Tested, pass and yield are of each lot's most-tested model."),
       lots.items.length
-        ? table(["Lot", "Product", "Registered", "Wafers", "Dies", "Characterized", "Tested", "Pass", "Yield", "Latest job"], rows, { id: "lots" })
+        ? table(["Lot", "Product", "Registered", "Wafers", "Dies", "Characterized", "Tested", "Pass", "Yield", "Latest job", "Models (dies tested)"], rows, { id: "lots" })
         : h("p", { class: "muted" }, "No lots registered yet."),
       lots.total > lots.items.length ? h("p", { class: "muted" }, `Showing ${lots.items.length} of ${lots.total} lots.`) : null,
       section("Recent jobs", jobs.length ? table(["Job", "Kind", "State", "By", "Created", "Finished"], jobRows, { id: "jobs" }) : h("p", { class: "muted" }, "No jobs yet.")),
@@ -235,9 +269,10 @@
   }
 
   async function renderLot(lotId) {
-    const r = await api(`/dashboard/lots/${enc(lotId)}`);
+    const r = await api(withModel(`/dashboard/lots/${enc(lotId)}`, pageModel()));
+    const m = r.model;
     const waferRows = r.wafers.map((w) => [
-      link(`/dashboard/lots/${enc(r.lot_id)}/wafers/${w.number}`, `W${String(w.number).padStart(2, "0")}`),
+      link(withModel(`/dashboard/lots/${enc(r.lot_id)}/wafers/${w.number}`, m), `W${String(w.number).padStart(2, "0")}`),
       w.n_sites,
       w.n_characterized,
       w.n_tested,
@@ -245,15 +280,27 @@
       yieldCell(w.yield_pct),
       pct(w.mean_accuracy_before_pct),
       pct(w.mean_accuracy_after_pct),
-      downloadButton("E142", `/lots/${enc(r.lot_id)}/wafers/${w.number}/e142`, `${r.lot_id}-W${String(w.number).padStart(2, "0")}.e142.xml`),
+      downloadButton("E142", withModel(`/lots/${enc(r.lot_id)}/wafers/${w.number}/e142`, m), `${r.lot_id}-W${String(w.number).padStart(2, "0")}${fileModel(m)}.e142.xml`),
     ]);
+    const modelRows = r.models.map((t) =>
+      h(
+        "tr",
+        { dataset: { model: t.model }, class: t.model === m ? "current" : null },
+        h("td", {}, t.model === m ? h("strong", {}, t.model) : link(withModel(`/dashboard/lots/${enc(r.lot_id)}`, t.model), t.model)),
+        h("td", { class: "num" }, t.n_tested),
+        h("td", { class: "num" }, t.n_passed),
+        h("td", {}, yieldCell(t.yield_pct)),
+        h("td", {}, when(t.last_tested_at)),
+      ),
+    );
     const pareto = h("div", { class: "plot", id: "pareto" });
     const accuracy = h("div", { class: "plot", id: "accuracy" });
     const trendYield = h("div", { class: "plot", id: "trend-yield" });
     const trendAccuracy = h("div", { class: "plot", id: "trend-accuracy" });
     render(
       h("p", { class: "crumbs" }, link("/dashboard", "Lots"), " / ", r.lot_id),
-      h("h1", {}, `Lot ${r.lot_id}`, h("span", { class: "sub" }, r.product)),
+      h("h1", {}, `Lot ${r.lot_id}`, h("span", { class: "sub" }, r.product), m ? h("span", { class: "sub", id: "model" }, m) : null),
+      h("div", { class: "model-bar" }, modelPicker(m, r.models.map((t) => t.model)), modelNote(r)),
       h(
         "div",
         { class: "cards" },
@@ -268,9 +315,13 @@
         "div",
         { class: "exports" },
         "Export: ",
-        downloadButton("STDF V4", `/lots/${enc(r.lot_id)}/stdf`, `${r.lot_id}.stdf`),
-        downloadButton("CSV", `/lots/${enc(r.lot_id)}/dies.csv`, `${r.lot_id}-dies.csv`),
-        downloadButton("Parquet", `/lots/${enc(r.lot_id)}/dies.parquet`, `${r.lot_id}-dies.parquet`),
+        downloadButton("STDF V4", withModel(`/lots/${enc(r.lot_id)}/stdf`, m), `${r.lot_id}${fileModel(m)}.stdf`),
+        downloadButton("CSV", withModel(`/lots/${enc(r.lot_id)}/dies.csv`, m), `${r.lot_id}-dies${fileModel(m)}.csv`),
+        downloadButton("Parquet", withModel(`/lots/${enc(r.lot_id)}/dies.parquet`, m), `${r.lot_id}-dies${fileModel(m)}.parquet`),
+      ),
+      section(
+        "Models tested on this lot",
+        r.models.length ? table(["Model", "Dies tested", "Pass", "Yield", "Last tested"], modelRows, { id: "models", class: "compact" }) : h("p", { class: "muted" }, "No die of this lot has been functionally tested yet."),
       ),
       h("div", { class: "grid2" }, section("Yield by soft bin (pareto)", pareto), section("Accuracy before vs after calibration", accuracy, statsTable(r))),
       h("div", { class: "grid2" }, section("Yield per wafer (SPC: mean ± 3σ across wafers)", trendYield), section("Mean accuracy after calibration per wafer (SPC)", trendAccuracy)),
@@ -313,9 +364,9 @@
   }
 
   // ------------------------------------------------------------------ wafer
-  function dieDetails(panel, d, units) {
+  function dieDetails(panel, d, units, model) {
     const rows = [
-      ["ECID", link(`/dashboard/dies/${enc(d.ecid)}`, d.ecid)],
+      ["ECID", link(withModel(`/dashboard/dies/${enc(d.ecid)}`, model), d.ecid)],
       ["x, y", `${d.x}, ${d.y}`],
       ["Soft / hard bin", chip(d.color, d.soft_bin === null ? "untested" : `${d.soft_bin} / ${d.hard_bin}`)],
       ["Model", d.model || dash],
@@ -438,10 +489,11 @@
   }
 
   async function renderWafer(lotId, number) {
-    const r = await api(`/dashboard/lots/${enc(lotId)}/wafers/${number}`);
+    const r = await api(withModel(`/dashboard/lots/${enc(lotId)}/wafers/${number}`, pageModel()));
+    const m = r.model;
     const units = Object.fromEntries(r.parametrics.map((p) => [p.key, p.units]));
     const panel = h("aside", { class: "details", id: "die-panel" }, h("p", { class: "muted" }, "Hover or click a die for its details."));
-    const onDie = (d) => dieDetails(panel, d, units);
+    const onDie = (d) => dieDetails(panel, d, units, m);
     const legend = h(
       "ul",
       { class: "legend", id: "legend" },
@@ -450,10 +502,11 @@
     const maps = r.parametrics.map((p) => h("div", { class: "param-map", id: `param-${p.key}`, dataset: { key: p.key } }));
     const wid = `W${String(r.number).padStart(2, "0")}`;
     render(
-      h("p", { class: "crumbs" }, link("/dashboard", "Lots"), " / ", link(`/dashboard/lots/${enc(r.lot_id)}`, r.lot_id), " / ", wid),
-      h("h1", {}, `Wafer ${r.lot_id} ${wid}`, h("span", { class: "sub" }, r.product)),
+      h("p", { class: "crumbs" }, link("/dashboard", "Lots"), " / ", link(withModel(`/dashboard/lots/${enc(r.lot_id)}`, m), r.lot_id), " / ", wid),
+      h("h1", {}, `Wafer ${r.lot_id} ${wid}`, h("span", { class: "sub" }, r.product), m ? h("span", { class: "sub", id: "model" }, m) : null),
+      h("div", { class: "model-bar" }, modelPicker(m, r.models.map((t) => t.model)), modelNote(r)),
       h("div", { class: "cards" }, card("Sites", r.n_sites), card("Characterized", r.n_characterized), card("Tested", r.n_tested), card("Pass", r.n_passed), card("Yield", pct(r.yield_pct))),
-      h("div", { class: "exports" }, "Export: ", downloadButton("E142 map", `/lots/${enc(r.lot_id)}/wafers/${r.number}/e142`, `${r.lot_id}-${wid}.e142.xml`)),
+      h("div", { class: "exports" }, "Export: ", downloadButton("E142 map", withModel(`/lots/${enc(r.lot_id)}/wafers/${r.number}/e142`, m), `${r.lot_id}-${wid}${fileModel(m)}.e142.xml`)),
       section(
         "Soft-bin map",
         h("p", { class: "muted" }, `One square per die; x grows to the right, y grows downward, notch at the bottom.`),
@@ -481,7 +534,8 @@
   }
 
   async function renderDie(ecid) {
-    const r = await api(`/dashboard/dies/${enc(ecid)}`);
+    const r = await api(withModel(`/dashboard/dies/${enc(ecid)}`, pageModel()));
+    const m = r.model;
     const f = r.final;
     const wid = `W${String(r.wafer).padStart(2, "0")}`;
     const sig = r.signature;
@@ -517,12 +571,13 @@
     }
     const testsPlot = h("div", { id: "die-tests" });
     render(
-      h("p", { class: "crumbs" }, link("/dashboard", "Lots"), " / ", link(`/dashboard/lots/${enc(r.lot_id)}`, r.lot_id), " / ", link(`/dashboard/lots/${enc(r.lot_id)}/wafers/${r.wafer}`, wid), " / ", `(${r.x}, ${r.y})`),
-      h("h1", {}, `Die ${r.ecid}`),
+      h("p", { class: "crumbs" }, link("/dashboard", "Lots"), " / ", link(withModel(`/dashboard/lots/${enc(r.lot_id)}`, m), r.lot_id), " / ", link(withModel(`/dashboard/lots/${enc(r.lot_id)}/wafers/${r.wafer}`, m), wid), " / ", `(${r.x}, ${r.y})`),
+      h("h1", {}, `Die ${r.ecid}`, m ? h("span", { class: "sub", id: "model" }, m) : null),
+      r.models.length > 1 || (pageModel() && !r.models.includes(m)) ? h("div", { class: "model-bar" }, modelPicker(m, r.models)) : null,
       h(
         "div",
         { class: "cards" },
-        card("Final bin", f.soft_bin === null ? "untested" : chip(r.final_color, `soft ${f.soft_bin} / hard ${f.hard_bin}`), f.model || ""),
+        card("Final bin", f.soft_bin === null ? "untested" : chip(r.final_color, `soft ${f.soft_bin} / hard ${f.hard_bin}`), m ? `with ${m}` : ""),
         card("Accuracy before", pct(f.accuracy_before === null ? null : 100 * f.accuracy_before)),
         card("Accuracy after", pct(f.accuracy_after === null ? null : 100 * f.accuracy_after)),
         card("Tester time", `${num((f.tester_s || 0) + (f.test_time_s || 0), 2)} s`, "characterization + functional test"),

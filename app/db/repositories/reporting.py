@@ -1,9 +1,11 @@
 """Read-only SQL for dashboards and exports: die sites with their current signature figures, the latest
-functional tests per die, lot yields and bin counts, jobs and their progress.
+functional tests per (die, model), die counts per lot and tested / passing dies per (lot, model), jobs and
+their progress.
 
 A test result whose ``image_id`` is NULL ran the uncompensated model (accuracy *before* calibration);
-one with an image ran the die's calibrated weight image (accuracy *after*). A die's *final* result is
-its latest calibrated test, or its latest test of any kind when it has no calibrated one.
+one with an image ran the die's calibrated weight image (accuracy *after*). A die's *final* result for a
+model is its latest calibrated test with that model, or its latest test of any kind with that model when
+it has no calibrated one.
 """
 
 from __future__ import annotations
@@ -59,8 +61,20 @@ class LotCounts:
     lot_id: str
     n_dies: int
     n_characterized: int
+
+
+@dataclass(frozen=True)
+class ModelCounts:
+    """The dies of a lot tested with one model, those whose final result with it passes, and the time of
+    the latest such test."""
+
+    lot_id: str
+    model_id: int
+    name: str
+    version: str
     n_tested: int
     n_passed: int
+    last_tested_at: datetime
 
 
 @dataclass(frozen=True)
@@ -76,8 +90,10 @@ def _calibrated() -> Any:
     return case((TestResult.image_id.is_(None), 0), else_=1)
 
 
-def die_sites(session: Session, lot_id: str, wafer: int | None = None) -> list[DieSite]:
-    """Every die of the lot (or of one wafer), ordered by (wafer, y, x)."""
+def die_sites(
+    session: Session, lot_id: str, wafer: int | None = None, *, die_id: int | None = None
+) -> list[DieSite]:
+    """Every die of the lot (or of one wafer, or the one die ``die_id``), ordered by (wafer, y, x)."""
     stmt = (
         select(
             Die.id,
@@ -100,11 +116,21 @@ def die_sites(session: Session, lot_id: str, wafer: int | None = None) -> list[D
     )
     if wafer is not None:
         stmt = stmt.where(Wafer.number == wafer)
+    if die_id is not None:
+        stmt = stmt.where(Die.id == die_id)
     return [DieSite(*cast(tuple[Any, ...], row)) for row in session.execute(stmt)]
 
 
-def latest_tests(session: Session, lot_id: str, wafer: int | None = None) -> list[LatestTest]:
-    """Per (die, model, calibrated or not): the latest test result, for every die of the lot (or wafer)."""
+def latest_tests(
+    session: Session,
+    lot_id: str,
+    wafer: int | None = None,
+    *,
+    model_id: int | None = None,
+    die_id: int | None = None,
+) -> list[LatestTest]:
+    """Per (die, model, calibrated or not): the latest test result, for every die of the lot (or of one
+    wafer, or the one die ``die_id``), with every model or only ``model_id``."""
     calibrated = _calibrated()
     rank = (
         func.row_number()
@@ -122,6 +148,10 @@ def latest_tests(session: Session, lot_id: str, wafer: int | None = None) -> lis
     )
     if wafer is not None:
         ranked = ranked.where(Wafer.number == wafer)
+    if model_id is not None:
+        ranked = ranked.where(TestResult.model_id == model_id)
+    if die_id is not None:
+        ranked = ranked.where(TestResult.die_id == die_id)
     sub = ranked.subquery()
     stmt = (
         select(
@@ -148,11 +178,8 @@ def latest_tests(session: Session, lot_id: str, wafer: int | None = None) -> lis
     ]
 
 
-def lot_counts(
-    session: Session, lot_ids: Collection[str], *, pass_bins: tuple[int, int]
-) -> dict[str, LotCounts]:
-    """Dies, characterized dies, tested dies and passing dies (final soft bin within ``pass_bins``,
-    inclusive) per lot."""
+def lot_counts(session: Session, lot_ids: Collection[str]) -> dict[str, LotCounts]:
+    """Dies and characterized dies per lot."""
     if not lot_ids:
         return {}
     ids = list(lot_ids)
@@ -172,39 +199,64 @@ def lot_counts(
             .group_by(Wafer.lot_id)
         ).all()
     )
+    return {
+        lot: LotCounts(
+            lot_id=lot, n_dies=int(dies.get(lot, 0)), n_characterized=int(characterized.get(lot, 0))
+        )
+        for lot in ids
+    }
+
+
+def model_counts(
+    session: Session, lot_ids: Collection[str], *, pass_bins: tuple[int, int]
+) -> list[ModelCounts]:
+    """Per (lot, model) tested on it: dies tested, dies whose final soft bin with that model is within
+    ``pass_bins`` (inclusive), and the latest test time. Ordered by lot, then model id."""
+    if not lot_ids:
+        return []
+    per_die_model = (TestResult.die_id, TestResult.model_id)
     rank = (
         func.row_number()
         .over(
-            partition_by=TestResult.die_id,
+            partition_by=per_die_model,
             order_by=(_calibrated().desc(), TestResult.created_at.desc(), TestResult.id.desc()),
         )
         .label("rank")
     )
     final = (
-        select(Wafer.lot_id.label("lot_id"), TestResult.soft_bin.label("soft_bin"), rank)
+        select(
+            Wafer.lot_id.label("lot_id"),
+            TestResult.model_id.label("model_id"),
+            TestResult.soft_bin.label("soft_bin"),
+            func.max(TestResult.created_at).over(partition_by=per_die_model).label("last_at"),
+            rank,
+        )
         .join(Die, TestResult.die_id == Die.id)
         .join(Wafer, Die.wafer_id == Wafer.id)
-        .where(Wafer.lot_id.in_(ids))
+        .where(Wafer.lot_id.in_(list(lot_ids)))
         .subquery()
     )
     lo, hi = pass_bins
     passed = func.sum(case((final.c.soft_bin.between(lo, hi), 1), else_=0))
-    tested = {
-        lot: (int(n), int(p or 0))
-        for lot, n, p in session.execute(
-            select(final.c.lot_id, func.count(), passed).where(final.c.rank == 1).group_by(final.c.lot_id)
+    stmt = (
+        select(
+            final.c.lot_id,
+            final.c.model_id,
+            Model.name,
+            Model.version,
+            func.count(),
+            passed,
+            func.max(final.c.last_at),
         )
-    }
-    return {
-        lot: LotCounts(
-            lot_id=lot,
-            n_dies=int(dies.get(lot, 0)),
-            n_characterized=int(characterized.get(lot, 0)),
-            n_tested=tested.get(lot, (0, 0))[0],
-            n_passed=tested.get(lot, (0, 0))[1],
-        )
-        for lot in ids
-    }
+        .join(Model, Model.id == final.c.model_id)
+        .where(final.c.rank == 1)
+        .group_by(final.c.lot_id, final.c.model_id, Model.name, Model.version)
+        .order_by(final.c.lot_id, final.c.model_id)
+    )
+    return [
+        ModelCounts(lot, model_id, name, version, int(n), int(p or 0), last)
+        for lot, model_id, name, version, n, p, last in session.execute(stmt)
+    ]
 
 
 def jobs_for_lots(session: Session, lot_ids: Collection[str]) -> list[JobLink]:
