@@ -26,7 +26,7 @@ from app.db.session import make_engine, make_session_factory, session_scope
 from app.errors import NotFoundError
 from app.jobs.runner import LocalRunner
 from app.jobs.steps import calibration_steps
-from app.services import jobs, lots, models
+from app.services import datasets, jobs, lots, models
 from app.services.jobs import STEP_ORDER, ExecutionContext, JobProgress, StepFunctions
 from app.services.lots import Site, WaferSpec, circular_sites
 from app.services.reporting.lots import LotReport, lot_report
@@ -77,38 +77,19 @@ def wafer_sites(n_dies: int) -> tuple[list[Site], int]:
 
 
 def _demo_model(factory: sessionmaker[Session], ref: str | None, settings: Settings) -> str:
-    """``ref`` when it is stored; else the committed reference model, uploaded on first use."""
-    if ref is not None:
-        name, version = jobs.parse_model_ref(ref)
-        with session_scope(factory) as s:
-            try:
-                models.get_model(s, name, version)
-                return ref
-            except NotFoundError:
-                pass
-    from app.nn.model import load_model_bytes, reference_model_path
-
-    path = reference_model_path()
-    if not path.exists():
-        raise NotFoundError(f"the reference model {path} is missing; upload a model and pass --model")
-    data = path.read_bytes()
-    net = load_model_bytes(data)
-    if ref is not None and ref != f"{net.name}@{net.version}":
-        raise NotFoundError(f"no model {ref}; upload it first (POST /v1/models)")
+    """``ref`` (default: the KWS reference model) once it is stored: the station's datasets and
+    reference models (``kws-bnn@1``, ``digits-bnn@1``) are registered on first use."""
     with session_scope(factory) as s:
-        try:
-            models.get_model(s, net.name, net.version)
-        except NotFoundError:
-            models.upload_model(
-                s,
-                name=net.name,
-                version=net.version,
-                data=data,
-                software_accuracy=None,
-                max_bytes=max(settings.max_model_bytes, len(data)),
-                actor="demo",
-            )
-    return f"{net.name}@{net.version}"
+        datasets.ensure_builtin_datasets(s, settings)
+        stored = models.ensure_reference_models(s, settings, actor="demo")
+    if ref is None:
+        if not stored:
+            raise NotFoundError("the reference models are missing; upload a model and pass --model")
+        return f"{stored[0].name}@{stored[0].version}"
+    name, version = jobs.parse_model_ref(ref)
+    with session_scope(factory) as s:
+        models.get_model(s, name, version)
+    return ref
 
 
 def _bars(progress: JobProgress, enabled: bool) -> dict[str, tqdm]:
