@@ -29,8 +29,11 @@ from numpy.typing import NDArray
 from torch import nn
 
 from app.nn.features import DEFAULT_SPEC, FeatureSpec
+from app.nn.folding import binary_layer, conv_digital_layer, dense_digital_layer, sign_pm1
+from app.nn.folding import fold_binary_threshold as fold_binary_threshold  # re-exported
 from app.nn.kws_data import CLASS_NAMES, load_kws_split, make_config
 from app.nn.model import BinaryNetwork, Layer, accuracy, ideal_chip_agreement, predict, save_model
+from app.nn.torch_export import batchnorm_params, binarize, step, tensor_f32
 
 REFERENCE_NAME = "kws-bnn"
 REFERENCE_FILE = "kws_bnn.npz"
@@ -64,45 +67,6 @@ class TrainConfig:
     sum_noise_mac: float = 0.0
     spec_augment: bool = True
     arch: ArchConfig = field(default_factory=ArchConfig)
-
-
-# ------------------------------------------------------------------------------------- STE pieces
-class _StepSTE(torch.autograd.Function):
-    """{0,1} step ``x >= 0``; gradient passed through where |x| <= 1."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return (x >= 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
-
-
-class _SignSTE(torch.autograd.Function):
-    """{-1,+1} sign (0 -> +1); gradient passed through where |w| <= 1."""
-
-    @staticmethod
-    def forward(ctx: Any, w: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(w)
-        return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (w,) = ctx.saved_tensors
-        return grad * (w.abs() <= 1).to(grad.dtype)
-
-
-def step(x: torch.Tensor) -> torch.Tensor:
-    out: torch.Tensor = _StepSTE.apply(x)
-    return out
-
-
-def binarize(w: torch.Tensor) -> torch.Tensor:
-    out: torch.Tensor = _SignSTE.apply(w)
-    return out
 
 
 def _pool(x: torch.Tensor, kernel: int) -> torch.Tensor:
@@ -158,36 +122,9 @@ class KwsBnn(nn.Module):
 
 # ------------------------------------------------------------------------------------------ export
 def _bn_scale_shift(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Eval-mode batch norm as ``y = scale * x + shift`` per channel (float64)."""
-    assert bn.running_mean is not None and bn.running_var is not None
-    gamma = bn.weight.detach().double().numpy()
-    beta = bn.bias.detach().double().numpy()
-    mean = bn.running_mean.detach().double().numpy()
-    var = bn.running_var.detach().double().numpy()
-    scale = gamma / np.sqrt(var + bn.eps)
-    return scale, beta - mean * scale
-
-
-def fold_binary_threshold(
-    weight_pm1: NDArray[np.int8], scale: NDArray[np.float64], shift: NDArray[np.float64]
-) -> tuple[NDArray[np.int8], NDArray[np.int32]]:
-    """Fold ``step(scale * s + shift)`` on integer sums s into ``s' >= T`` with weights (Cout, ...).
-
-    A negative scale negates that channel's weights (so the compare stays ``>=``); a zero scale
-    makes the channel constant (T = -(K+1): always on, or K+1: always off).
-    """
-    w = np.array(weight_pm1, dtype=np.int8, copy=True)
-    k = int(np.prod(w.shape[1:]))
-    thr = np.zeros(w.shape[0], dtype=np.int64)
-    for j in range(w.shape[0]):
-        if scale[j] > 0:
-            thr[j] = math.ceil(-shift[j] / scale[j])  # s >= -shift/scale
-        elif scale[j] < 0:
-            w[j] = -w[j]
-            thr[j] = -math.floor(-shift[j] / scale[j])  # s <= t  <=>  -s >= -floor(t)
-        else:
-            thr[j] = -(k + 1) if shift[j] >= 0 else k + 1
-    return w, np.clip(thr, -(k + 1), k + 1).astype(np.int32)
+    """Eval-mode batch norm as ``y = scale * x + shift`` per channel (float64); kept for callers of
+    the old helper, the folding itself lives in :mod:`app.nn.folding`."""
+    return batchnorm_params(bn).scale_shift()
 
 
 def export_network(
@@ -201,14 +138,12 @@ def export_network(
 ) -> BinaryNetwork:
     """The :class:`BinaryNetwork` computing what ``model`` computes in eval mode."""
     arch = model.arch
-    s0, b0 = _bn_scale_shift(model.bn0)
-    w0 = model.conv0.weight.detach().double().numpy() * s0[:, None, None, None]
     layers = [
-        Layer(
-            "conv_digital",
+        conv_digital_layer(
             "conv0",
-            weight=w0.astype(np.float32),
-            bias=b0.astype(np.float32),
+            tensor_f32(model.conv0.weight),
+            None,
+            batchnorm_params(model.bn0),
             stride=(arch.conv0_stride, arch.conv0_stride),
             padding=(1, 1),
         )
@@ -216,24 +151,19 @@ def export_network(
     if arch.conv0_pool > 1:
         layers.append(Layer("maxpool", "pool0", pool=(arch.conv0_pool, arch.conv0_pool)))
     for i, (w, bn, pool) in enumerate(zip(model.bweights, model.bbns, arch.binary_pools, strict=True)):
-        wb = np.where(w.detach().numpy() >= 0, 1, -1).astype(np.int8)
-        scale, shift = _bn_scale_shift(bn)  # type: ignore[arg-type]
-        wf, thr = fold_binary_threshold(wb, scale, shift)
         layers.append(
-            Layer("conv_binary", f"bconv{i + 1}", weight=wf, threshold=thr, padding=(1, 1), pool=(pool, pool))
+            binary_layer(
+                "conv_binary",
+                f"bconv{i + 1}",
+                sign_pm1(tensor_f32(w)),
+                batchnorm_params(bn),  # type: ignore[arg-type]
+                padding=(1, 1),
+                pool=(pool, pool),
+            )
         )
     layers.append(Layer("avgpool_global", "gap"))
-    sh, bh = _bn_scale_shift(model.head_bn)
-    wfc = model.fc.weight.detach().double().numpy()
-    bfc = model.fc.bias.detach().double().numpy()
-    layers.append(
-        Layer(
-            "dense_digital",
-            "fc",
-            weight=(wfc * sh[None, :]).astype(np.float32),
-            bias=(wfc @ bh + bfc).astype(np.float32),
-        )
-    )
+    fc_weight, fc_bias = tensor_f32(model.fc.weight), tensor_f32(model.fc.bias)
+    layers.append(dense_digital_layer("fc", fc_weight, fc_bias, batchnorm_params(model.head_bn)))
     return BinaryNetwork(name, version, tuple(layers), tuple(class_names), spec, dict(metrics or {}))
 
 
