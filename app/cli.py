@@ -285,17 +285,27 @@ def _data(commands: Subcommands) -> None:
 
 def _run_train_reference(args: argparse.Namespace) -> int:
     from app.nn.model import reference_model_path
-    from app.nn.train import train_reference
 
     out = args.out or reference_model_path().parent
-    result = train_reference(get_settings().cache_dir / "kws", out, seed=args.seed, version=args.version)
+    if args.model == "digits":
+        from app.nn.train_digits import train_digits_reference
+
+        result = train_digits_reference(out, seed=args.seed, version=args.version)
+    else:
+        from app.nn.train import train_reference
+
+        result = train_reference(get_settings().cache_dir / "kws", out, seed=args.seed, version=args.version)
     print(f"software test accuracy {result.test_accuracy:.4f}; model at {result.path}")
     return 0
 
 
 @subcommand
 def _train_reference(commands: Subcommands) -> None:
-    p = commands.add_parser("train-reference", help="train the reference KWS binary network (CPU, < 30 min)")
+    p = commands.add_parser(
+        "train-reference",
+        help="train a reference binary network: kws-bnn (CPU, < 30 min) or digits-bnn (CPU, minutes)",
+    )
+    p.add_argument("--model", choices=("kws", "digits"), default="kws", help="which reference (default: kws)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: app/nn/reference)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", default="1")
@@ -343,15 +353,8 @@ def _ints_arg(text: str) -> tuple[int, ...]:
 def _run_models_import(args: argparse.Namespace) -> int:
     import json
 
-    from app.nn.model import model_bytes
-    from app.nn.network import (
-        DatasetRefs,
-        GradeLimit,
-        ModelFormatError,
-        PassLimits,
-        Preprocessing,
-        to_program,
-    )
+    from app.nn.model import model_bytes, parse_pass_limits
+    from app.nn.network import DatasetRefs, ModelFormatError, Preprocessing, to_program
     from app.nn.onnx_import import network_from_onnx
     from hardware.chip import ChipError, ChipGeometry, map_network
 
@@ -375,10 +378,9 @@ def _run_models_import(args: argparse.Namespace) -> int:
             if kind == "binarize"
             else Preprocessing(kind)
         )
-        limits = None
-        if args.pass_limits:
-            d = json.loads(args.pass_limits)
-            limits = PassLimits(d["mode"], tuple(GradeLimit(**g) for g in d["grades"]))
+        limits = (
+            parse_pass_limits(json.loads(args.pass_limits), "--pass-limits") if args.pass_limits else None
+        )
     except (ValueError, KeyError, TypeError) as e:
         return fail(f"bad --preprocessing or --pass-limits: {e!r}")
     datasets = DatasetRefs(args.calibration_dataset, args.test_dataset) if args.test_dataset else None
