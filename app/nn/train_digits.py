@@ -268,6 +268,7 @@ def train_digits_reference(
     *,
     config: DigitsTrainConfig | None = None,
     split_seed: int = DEFAULT_SPLIT_SEED,
+    version: str = "1",
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Reproduce ``digits-bnn@1``: split the digits, train, export, measure on the test split and
@@ -285,6 +286,7 @@ def train_digits_reference(
         refs = DatasetRefs(ca.ref, te.ref)
         t0 = time.perf_counter()
         _, net, history = train_digits_model(tr, ca, config, refs, log)
+        net = replace(net, version=version)
         train_s = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
