@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from bench.quality import METHODS, summarize, write_figure, write_markdown
+from bench.quality_report import METHODS, summarize, write_figure, write_markdown
 
 
 def _record(scale: float, die: int, acc: float) -> dict[str, object]:
@@ -75,3 +76,38 @@ def test_summary_markdown_and_figure(tmp_path: Path) -> None:
     text = md.read_text()
     assert "| 1 | 3 | 90.0 | 35.0 / 35.0 |" in text and "fine-tuning" in text and "8192" in text
     assert png.stat().st_size > 10_000
+
+
+def test_markdown_keeps_one_section_per_model(tmp_path: Path) -> None:
+    """Rerunning one model replaces its section only; other models and text outside stay as they were."""
+
+    def result(model: str, acc: float) -> dict[str, Any]:
+        cfg = {
+            "command": f"python -m bench.quality --model {model}",
+            "workers": 2,
+            "model": model,
+            "software_accuracy": acc,
+            "ideal_accuracy": acc,
+            "test_clips": 450,
+            "calib_clips": 269,
+            "tune_clips": 120,
+            "budget": 131072,
+            "finetune_evals": 40,
+            "finetune_dies": 1,
+            "data_note": f"Data of {model}.",
+            "figure": f"quality-{model}.png",
+        }
+        records = [_record(1.0, d, acc) for d in range(2)]
+        return {"config": cfg, "summary": summarize(records, ideal=acc), "elapsed_s": 60.0}
+
+    md = tmp_path / "q.md"
+    md.write_text("# Calibration quality benchmark\n\nIntro kept.\n")
+    write_markdown(result("a@1", 0.8), md)
+    write_markdown(result("b@1", 0.9), md)
+    write_markdown(result("a@1", 0.7), md)
+    text = md.read_text()
+    assert text.startswith("# Calibration quality benchmark\n\nIntro kept.\n")
+    assert text.count("<!-- bench.quality: a@1 -->") == text.count("<!-- /bench.quality: a@1 -->") == 1
+    assert text.index("## `a@1`") < text.index("## `b@1`")
+    assert "| 1 | 2 | 70.0 |" in text and "| 1 | 2 | 80.0 |" not in text and "| 1 | 2 | 90.0 |" in text
+    assert "Data of b@1." in text and "(quality-a@1.png)" in text

@@ -1,0 +1,207 @@
+"""What the quality benchmark does to one simulated die, in worker processes.
+
+Each worker holds the benchmark's model and labelled inputs (:class:`~bench.quality_data.BenchData`)
+and runs one task per die: every method's image programmed and functionally tested
+(:func:`die_task`), one characterization budget (:func:`budget_task`), or the compensation
+variants of the ablation (:func:`ablation_task`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
+from multiprocessing import get_context
+from typing import Any
+
+import numpy as np
+
+from app.calibration.baselines import (
+    column_scaling_image,
+    finetune_thresholds,
+    offset_only_image,
+    uncalibrated_image,
+)
+from app.calibration.characterize import characterize
+from app.calibration.compensate import CompensationConfig
+from app.calibration.functional import functional_test
+from app.calibration.pipeline import ModelContext, compensate
+from bench.oracle import oracle_signature
+from bench.quality_data import BenchData
+from hardware.chip import encode_image
+from hardware.driver import DieAddress
+from hardware.sim.driver import SimulatedDriver
+
+FLEET_SEED = 2022
+FAST = CompensationConfig(use_cell_error=False, replicas=1)
+
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(data: BenchData) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _STATE["data"] = data
+    _STATE["ctx"] = ModelContext.from_bytes(data.stats_bytes, data.program)
+
+
+@contextmanager
+def worker_pool(data: BenchData, workers: int) -> Iterator[ProcessPoolExecutor]:
+    """Worker processes (spawned, single-threaded BLAS and torch) holding the model and the inputs."""
+    env_keys = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in env_keys}
+    os.environ.update(dict.fromkeys(env_keys, "1"))  # inherited by the spawned workers
+    try:
+        with ProcessPoolExecutor(
+            max_workers=max(1, workers),
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(data,),
+        ) as pool:
+            yield pool
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def die_address(scale_index: int, die: int) -> DieAddress:
+    # Dies spread over a wafer (radius 20 dies): the wafer-level gradients differ from die to die.
+    ring = np.random.default_rng([FLEET_SEED, scale_index, die]).integers(-14, 15, size=2)
+    return DieAddress(f"QB{scale_index:02d}", 1 + die // 50, int(ring[0]), int(ring[1]))
+
+
+def die_driver(scale: float, die: int) -> SimulatedDriver:
+    return SimulatedDriver(
+        variation_scale=scale, fleet_seed=FLEET_SEED, noise_seed=1000 + die, default_timeout_s=3600.0
+    ).connect()
+
+
+def _accuracy(drv: SimulatedDriver, blob: bytes) -> tuple[float, float]:
+    data: BenchData = _STATE["data"]
+    res = functional_test(drv, blob, data.test_x, data.test_y)
+    return res.accuracy, res.tester_s
+
+
+def die_task(scale_index: int, scale: float, die: int, finetune_evals: int) -> dict[str, Any]:
+    data: BenchData = _STATE["data"]
+    ctx: ModelContext = _STATE["ctx"]
+    addr = die_address(scale_index, die)
+    drv = die_driver(scale, die)
+    drv.probe(addr)
+    g = drv.geometry()
+    rec: dict[str, Any] = {"scale": scale, "die": die, "ecid": addr.ecid}
+    rec["uncalibrated"], rec["functional_tester_s"] = _accuracy(
+        drv, encode_image(uncalibrated_image(data.program, g))
+    )
+    t0 = time.perf_counter()
+    char = characterize(drv, rng=np.random.default_rng([FLEET_SEED, scale_index, die]))
+    rec["characterize_wall_s"] = time.perf_counter() - t0
+    sig = char.signature
+    rec.update(
+        reads=char.reads,
+        read_vectors=char.read_vectors,
+        writes=char.writes,
+        characterize_tester_s=char.tester_s,
+        characterize_compute_s=char.compute_s,
+        signature_bytes=sig.nbytes,
+        n_dead_cols=sig.n_dead_cols,
+        n_stuck_cells=sig.n_stuck_cells,
+        has_cell_error=sig.has_cell_error,
+    )
+    rec["baseline_a"], _ = _accuracy(drv, encode_image(offset_only_image(data.program, sig)))
+    rec["baseline_b"], _ = _accuracy(drv, encode_image(column_scaling_image(data.program, sig)))
+    comp = compensate(ctx, sig, addr.ecid)
+    rec["cimcal"], rec["cimcal_functional_tester_s"] = _accuracy(drv, comp.image_bytes)
+    rec.update(
+        compensate_s=comp.compute_s,
+        predicted_agreement=comp.predicted_agreement,
+        replicas=comp.replicas,
+        calibratable=comp.calibratable,
+    )
+    fast = compensate(ctx, sig, addr.ecid, config=FAST)
+    rec["cimcal_fast"], _ = _accuracy(drv, fast.image_bytes)
+    rec["compensate_fast_s"] = fast.compute_s
+    orc = compensate(ctx, oracle_signature(drv.fleet.config, addr), addr.ecid)  # ORACLE
+    rec["oracle"], _ = _accuracy(drv, orc.image_bytes)
+    if finetune_evals > 0:
+        ft = finetune_thresholds(
+            drv,
+            data.program,
+            data.tune_x,
+            data.tune_y,
+            evaluations=finetune_evals,
+            rng=np.random.default_rng([FLEET_SEED, die]),
+            ecid=addr.ecid,
+        )
+        rec["finetune"], _ = _accuracy(drv, ft.image_bytes)
+        rec.update(
+            finetune_tester_s=ft.tester_s, finetune_wall_s=ft.wall_s, finetune_evaluations=ft.evaluations
+        )
+    return rec
+
+
+def budget_task(scale_index: int, scale: float, die: int, budget: int) -> dict[str, Any]:
+    ctx: ModelContext = _STATE["ctx"]
+    addr = die_address(scale_index, die)
+    drv = die_driver(scale, die)
+    drv.probe(addr)
+    char = characterize(drv, budget=budget, rng=np.random.default_rng([FLEET_SEED, scale_index, die, budget]))
+    comp = compensate(ctx, char.signature, addr.ecid)
+    acc, _ = _accuracy(drv, comp.image_bytes)
+    return {
+        "scale": scale,
+        "die": die,
+        "budget": budget,
+        "accuracy": acc,
+        "read_vectors": char.read_vectors,
+        "tester_s": char.tester_s,
+        "compute_s": char.compute_s + comp.compute_s,
+        "signature_bytes": char.signature.nbytes,
+        "has_cell_error": char.signature.has_cell_error,
+    }
+
+
+ABLATIONS: dict[str, CompensationConfig] = {
+    "cimcal (production)": CompensationConfig(),
+    "without per-cell errors": CompensationConfig(use_cell_error=False),
+    "with ADC edges": CompensationConfig(use_edges=True),
+    "without rate-bias penalty": CompensationConfig(bias_weight=0.0),
+    "2 copies": CompensationConfig(replicas=2),
+    "1 copy": CompensationConfig(replicas=1),
+    "1 copy, without rate-bias penalty": CompensationConfig(replicas=1, bias_weight=0.0),
+}
+
+
+def ablation_task(scale_index: int, scale: float, die: int) -> dict[str, Any]:
+    from app.calibration.characterize import CharacterizationConfig
+    from app.calibration.evaluate import measured_layer_agreement
+
+    data: BenchData = _STATE["data"]
+    ctx: ModelContext = _STATE["ctx"]
+    addr = die_address(scale_index, die)
+    drv = die_driver(scale, die)
+    drv.probe(addr)
+    char = characterize(
+        drv,
+        rng=np.random.default_rng([FLEET_SEED, scale_index, die]),
+        config=CharacterizationConfig(edges=True),
+    )
+    rec: dict[str, Any] = {"scale": scale, "die": die}
+    for name, cfg in ABLATIONS.items():
+        if name != "with ADC edges":
+            cfg = replace(cfg, use_edges=False)
+        comp = compensate(ctx, char.signature, addr.ecid, config=cfg)
+        agree = measured_layer_agreement(drv, comp.image, data.program, data.tune_x[:24], rng=die)
+        rec[name] = {
+            "accuracy": _accuracy(drv, comp.image_bytes)[0],
+            "agreement": float(np.mean(list(agree.values()))),
+            "predicted": comp.predicted_agreement,
+        }
+    return rec
