@@ -22,8 +22,6 @@ from numpy.typing import NDArray
 from app.nn.features import FeatureSpec
 from app.nn.ideal_chip import ChipAgreement, ideal_chip_agreement
 from app.nn.network import (
-    BINARY_KINDS,
-    LAYER_KINDS,
     MAX_LAYERS,
     WEIGHTED_DIGITAL_KINDS,
     BinaryNetwork,
@@ -38,9 +36,10 @@ from app.nn.network import (
     forward_software,
     predict,
     to_program,
-    validate_network,
 )
 from app.nn.npz import MANIFEST_KEY, read_npz, write_npz
+from app.nn.validation import validate_network
+from hardware.chip import BINARY_KINDS, LAYER_KINDS
 
 MODEL_FORMAT = "cimcal-bnn"
 MODEL_FORMAT_VERSION = 2

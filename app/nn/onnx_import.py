@@ -51,8 +51,8 @@ from app.nn.network import (
     ModelFormatError,
     PassLimits,
     Preprocessing,
-    validate_network,
 )
+from app.nn.validation import validate_network
 
 MAX_ONNX_BYTES = 16 * 2**20
 MAX_NODES = 4096

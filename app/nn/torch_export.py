@@ -49,8 +49,8 @@ from app.nn.network import (
     ModelFormatError,
     PassLimits,
     Preprocessing,
-    validate_network,
 )
+from app.nn.validation import validate_network
 
 
 class UnsupportedModuleError(ModelFormatError):
