@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_SITE_INDEX = 254
+"""Site indices are 0..254 (STDF numbers them 1..255 in one byte)."""
+
+
+class SiteConfig(BaseModel):
+    """One test site: the address of its tester and its own driver options (over the station's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resource: str | None = Field(None, min_length=1, max_length=255)
+    options: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+
+def _load_sites_file(path: Path) -> Any:
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as e:  # pyyaml is a dependency; a stripped install may lack it
+            raise ValueError(f"CIMCAL_SITES_FILE {path}: reading YAML needs pyyaml") from e
+        return yaml.safe_load(text)
+    return json.loads(text)
 
 
 class Settings(BaseSettings):
@@ -19,16 +43,24 @@ class Settings(BaseSettings):
     # Run `alembic upgrade head` when the service starts (a fresh SQLite file is usable at once).
     auto_migrate: bool = True
 
-    # Hardware: driver entry-point name and the simulated fleet's knobs.
+    # Hardware: driver entry-point name and its options (a JSON object, validated by the driver's own
+    # Options model when the test sites are built; SecretStr fields are masked wherever shown).
     driver: str = "simulated"
+    driver_options: dict[str, Any] = Field(default_factory=dict, repr=False)
+    # The simulated fleet's knobs: the simulated driver's defaults, under driver_options.
     fleet_seed: int = 2022
     variation_scale: float = Field(1.0, ge=0.0)
     p_timeout: float = Field(0.0, ge=0.0, le=1.0)
     p_contact_loss: float = Field(0.0, ge=0.0, le=1.0)
     p_gross_defect: float = Field(0.0, ge=0.0, le=1.0)
 
-    # Dies tested at once: one driver per test site.
+    # Dies tested at once: one driver per test site. Either just a count (test_sites, every site
+    # built alike), or each site by index with its own resource and options: CIMCAL_SITES (JSON
+    # {"0": {"resource": "TCPIP0::10.0.0.5::INSTR", "options": {...}}, ...}) or CIMCAL_SITES_FILE
+    # (the same as a .json or .yaml file); then test_sites is the number of sites configured.
     test_sites: int = Field(2, ge=1, le=64)
+    sites: dict[int, SiteConfig] | None = Field(None, repr=False)
+    sites_file: Path | None = None
     # Read vectors per die for characterization (None: the calibration package's default).
     characterize_budget: int | None = Field(None, ge=1024)
     # The generated KWS datasets (kws-calib / kws-test): clips per class of the validation and
@@ -56,6 +88,41 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_user(cls, v: Path) -> Path:
         return v.expanduser()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_sites_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        path = data.get("sites_file")
+        if path in (None, ""):
+            return data
+        if data.get("sites") is not None:
+            raise ValueError("set CIMCAL_SITES or CIMCAL_SITES_FILE, not both")
+        path = Path(path).expanduser()
+        try:
+            content = _load_sites_file(path)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"CIMCAL_SITES_FILE {path}: {e}") from e
+        return {**data, "sites_file": path, "sites": content}
+
+    @model_validator(mode="after")
+    def _count_sites(self) -> Settings:
+        if self.sites is None:
+            return self
+        if not self.sites:
+            raise ValueError("CIMCAL_SITES: configure at least one site")
+        bad = [i for i in self.sites if not 0 <= i <= MAX_SITE_INDEX]
+        if bad:
+            raise ValueError(f"CIMCAL_SITES: site indices {bad} outside 0..{MAX_SITE_INDEX}")
+        if "test_sites" in self.model_fields_set and self.test_sites != len(self.sites):
+            raise ValueError(
+                f"CIMCAL_TEST_SITES={self.test_sites} but {len(self.sites)} sites are configured"
+            )
+        if len(self.sites) > 64:
+            raise ValueError("CIMCAL_SITES: at most 64 sites")
+        self.test_sites = len(self.sites)
+        return self
 
 
 @lru_cache

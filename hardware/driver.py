@@ -14,10 +14,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict
 
 from hardware.chip import ChipGeometry
 
@@ -171,20 +172,60 @@ class DriverInfo:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+class NoOptions(BaseModel):
+    """The options of a driver that takes none: any key is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class Driver(ABC):
-    """Abstract tester driver. Subclasses implement the ``_``-prefixed methods only."""
+    """Abstract tester driver. Subclasses implement the ``_``-prefixed methods only.
+
+    Class attributes a driver declares:
+
+    * ``name``: the name it is registered under (its ``cimcal.drivers`` entry point must have the
+      same name) and recorded with every measurement;
+    * ``version``: recorded with every measurement; ``None`` (default) means the version of the
+      distribution that registers the driver;
+    * ``Options``: a pydantic model of its configuration (``CIMCAL_DRIVER_OPTIONS``, per-site options),
+      validated before the driver is built; :class:`NoOptions` by default. Fields of type
+      ``SecretStr`` are masked wherever the configuration is shown.
+
+    ``site`` is the station's test-site index the driver serves and ``resource`` the address of its
+    tester (``"TCPIP0::10.0.0.5::INSTR"``, ``"host:port"``; ``None`` for a driver that needs none).
+    """
 
     name: ClassVar[str] = "abstract"
+    version: ClassVar[str | None] = None
+    Options: ClassVar[type[BaseModel]] = NoOptions
 
-    def __init__(self, *, timing: TimingModel | None = None, default_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        site: int = 0,
+        resource: str | None = None,
+        timing: TimingModel | None = None,
+        default_timeout_s: float = 30.0,
+    ) -> None:
         if default_timeout_s <= 0:
             raise ValueError("default_timeout_s must be positive")
+        if site < 0:
+            raise ValueError("site must be >= 0")
+        self.site = site
+        self.resource = resource
         self.timing = timing or TimingModel()
         self.default_timeout_s = default_timeout_s
         self.counters = OpCounters()
         self._connected = False
         self._die: DieIdentity | None = None
         self._geometry: ChipGeometry | None = None
+
+    @classmethod
+    def from_options(cls, options: BaseModel, *, site: int = 0, resource: str | None = None) -> Self:
+        """A driver built from its validated ``Options``: by default every option is passed to the
+        constructor as a keyword argument of the same name (override to map them otherwise)."""
+        kwargs: dict[str, Any] = {k: getattr(options, k) for k in type(options).model_fields}
+        return cls(site=site, resource=resource, **kwargs)
 
     # ---- lifecycle
     def connect(self, timeout_s: float | None = None) -> Self:
@@ -227,6 +268,8 @@ class Driver(ABC):
         return old
 
     def info(self) -> DriverInfo:
+        """What the tester says it is (vendor, model, serial); the station records it with every
+        measurement. Called once after each connect."""
         return DriverInfo(name=self.name)
 
     # ---- operations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
@@ -34,12 +35,32 @@ class Readiness(BaseModel):
 
 
 class VersionInfo(BaseModel):
-    model_config = with_example({"name": "cimcal", "version": "0.1.0", "api": "v1", "driver": "simulated"})
+    """The service and its test sites: driver, version, resource and options (secrets masked)."""
+
+    model_config = with_example(
+        {
+            "name": "cimcal",
+            "version": "0.1.0",
+            "api": "v1",
+            "driver": "mytester",
+            "sites": [
+                {
+                    "driver": "mytester",
+                    "driver_version": "1.2.0",
+                    "site": 0,
+                    "resource": "TCPIP0::10.0.0.5::INSTR",
+                    "options": {"password": "**********", "timeout_s": 10.0},
+                    "options_sha256": "9c1f0e5a7b3d2c4e6f8a0b1c3d5e7f9a1b3c5d7e9f0a2b4c6d8e0f1a3b5c7d9e",
+                }
+            ],
+        }
+    )
 
     name: str
     version: str
     api: str
     driver: str
+    sites: list[dict[str, Any]]
 
 
 @router.get("/healthz")
@@ -72,5 +93,7 @@ def readyz(request: Request, drivers: DriversDep) -> Readiness:
 
 
 @router.get("/version")
-def version_info(settings: SettingsDep) -> VersionInfo:
-    return VersionInfo(name="cimcal", version=VERSION, api="v1", driver=settings.driver)
+def version_info(settings: SettingsDep, drivers: DriversDep) -> VersionInfo:
+    return VersionInfo(
+        name="cimcal", version=VERSION, api="v1", driver=settings.driver, sites=drivers.describe()
+    )

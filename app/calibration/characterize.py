@@ -21,8 +21,11 @@ With codes ``y+`` (pattern W) and ``y-`` (pattern -W) and the linear readout mod
 * repeated vectors give the read noise; a probit fit of ``[code >= k]`` against the predicted analog
   value gives the ADC edge positions; a column whose code never changes is dead.
 
-Transient hardware errors (timeout, contact loss) propagate unchanged: the caller re-probes and
-retries the die. Nothing is returned unless the whole signature was measured.
+Every macro is written and then read before the next one is written. A transient hardware error
+(timeout, contact loss) retries the one write or read that failed, up to ``config.attempts`` tries,
+re-probing the die and rewriting the macro's pattern after a lost contact
+(:mod:`app.calibration.transient`); the retries are counted in the result. When a call still fails,
+the error propagates and nothing is returned: no partial signature is ever measured.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -39,6 +42,7 @@ from scipy.linalg import cho_factor, cho_solve
 from scipy.special import ndtr
 
 from app.calibration.signature import Signature, StuckCells
+from app.calibration.transient import DEFAULT_ATTEMPTS, RetryingCalls
 from hardware.chip import ChipGeometry
 from hardware.driver import Driver
 
@@ -60,6 +64,7 @@ class CharacterizationConfig:
     edges           : estimate the ADC decision edges (from ``edge_reads`` vectors per pattern); off by
                       default: measured to change no decision (docs/calibration.md) and 137 kB per die
     max_vectors_per_call : split reads into driver calls of at most this many vectors
+    attempts        : tries per driver call after a transient error (1: no retry)
     """
 
     active_fraction: float = 0.25
@@ -70,6 +75,7 @@ class CharacterizationConfig:
     edges: bool = False
     edge_reads: int = 256
     max_vectors_per_call: int = 4096
+    attempts: int = DEFAULT_ATTEMPTS
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class CharacterizationResult:
     reads        : read_macro calls; read_vectors: word-line vectors driven (the budget unit)
     writes       : macro writes; tester_s: tester seconds charged by the driver
     compute_s    : host seconds spent estimating (not tester time)
+    retries      : driver calls repeated after a transient error (their cost is in the figures above)
     """
 
     signature: Signature
@@ -89,6 +96,7 @@ class CharacterizationResult:
     compute_s: float
     budget: int
     diagnostics: dict[str, float] = field(default_factory=dict)
+    retries: int = 0
 
     def summary(self) -> dict[str, float | int]:
         """Signature headline numbers plus the cost of measuring them."""
@@ -101,6 +109,7 @@ class CharacterizationResult:
                 "tester_s": self.tester_s,
                 "compute_s": self.compute_s,
                 "budget": self.budget,
+                "retries": self.retries,
             }
         )
         return out
@@ -158,25 +167,32 @@ def make_design(
 
 
 # ------------------------------------------------------------------------------------ measurement
-def _read_all(driver: Driver, macro: int, inputs: NDArray[np.uint8], chunk: int) -> NDArray[np.int16]:
-    parts = [driver.read_macro(macro, inputs[i : i + chunk]) for i in range(0, inputs.shape[0], chunk)]
-    return np.concatenate(parts)
-
-
 def measure(
-    driver: Driver, design: Design, config: CharacterizationConfig
+    driver: Driver, design: Design, config: CharacterizationConfig, calls: RetryingCalls | None = None
 ) -> tuple[NDArray[np.int16], NDArray[np.int16]]:
-    """Write and read every macro with both patterns: codes ``(n, n_macros, phys_cols)`` for W and -W."""
+    """Write and read every macro with both patterns: codes ``(n, n_macros, phys_cols)`` for W and -W.
+
+    Each macro is written, then read in calls of at most ``config.max_vectors_per_call`` vectors, each
+    call through ``calls`` (retried after a transient error; default: the die under the probe with
+    ``config.attempts`` tries per call).
+    """
     g = driver.geometry()
+    if calls is None:
+        calls = RetryingCalls(driver, driver.identify().address, attempts=config.attempts)
+    chunk = config.max_vectors_per_call
+    n = design.inputs.shape[0]
     out = []
     for pattern in (design.weights, (-design.weights).astype(np.int8)):
+        per_macro = []
         for m in range(g.n_macros):
-            driver.write_macro(m, pattern)
-        codes = np.stack(
-            [_read_all(driver, m, design.inputs, config.max_vectors_per_call) for m in range(g.n_macros)],
-            axis=1,
-        )
-        out.append(codes)
+            write = partial(driver.write_macro, m, pattern)
+            calls.call(write)
+            parts = [
+                calls.call(partial(driver.read_macro, m, design.inputs[i : i + chunk]), restore=write)
+                for i in range(0, n, chunk)
+            ]
+            per_macro.append(np.concatenate(parts))
+        out.append(np.stack(per_macro, axis=1))
     return out[0], out[1]
 
 
@@ -526,8 +542,9 @@ def characterize(
     """Measure the signature of the die under the probe with ``budget`` read vectors.
 
     Writes every macro of the geometry twice and reads it with ``budget / (2 n_macros)`` vectors per
-    pattern. :class:`~hardware.driver.HardwareTimeoutError`, :class:`~hardware.driver.ContactError`
-    and any other driver error propagate; no partial signature is ever returned.
+    pattern. A :class:`~hardware.driver.HardwareTimeoutError` or :class:`~hardware.driver.ContactError`
+    retries the failed call (``config.attempts`` tries); when the last try fails it propagates, as does
+    any other driver error; no partial signature is ever returned.
     """
     config = config or CharacterizationConfig()
     gen = np.random.default_rng(rng)
@@ -535,10 +552,11 @@ def characterize(
     n = vectors_per_pattern(g, budget)
     design = make_design(g, n, gen, config)
     c0 = driver.counters.as_dict()
-    y_pos, y_neg = measure(driver, design, config)
+    ident = driver.identify()
+    calls = RetryingCalls(driver, ident.address, attempts=config.attempts)
+    y_pos, y_neg = measure(driver, design, config, calls)
     c1 = driver.counters.as_dict()
     t0 = time.perf_counter()
-    ident = driver.identify()
     meta = {"ecid": ident.ecid, "budget": int(budget), "vectors_per_pattern": int(n)}
     signature, diag = estimate_signature(g, design, y_pos, y_neg, config, meta)
     return CharacterizationResult(
@@ -550,4 +568,5 @@ def characterize(
         compute_s=time.perf_counter() - t0,
         budget=int(budget),
         diagnostics=diag,
+        retries=calls.retries,
     )

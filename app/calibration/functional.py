@@ -28,11 +28,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
+from app.calibration.transient import DEFAULT_ATTEMPTS, RetryingCalls
 from hardware.driver import Driver
 
 
@@ -130,6 +132,7 @@ class FunctionalResult:
     predictions : (n,) int64 predicted class per clip
     tester_s    : tester seconds charged for programming the image and running the clips
     wall_s      : host seconds the whole test took
+    retries     : driver calls repeated after a transient error
     """
 
     accuracy: float
@@ -138,6 +141,7 @@ class FunctionalResult:
     predictions: NDArray[np.int64]
     tester_s: float
     wall_s: float
+    retries: int = 0
 
 
 def functional_test(
@@ -147,9 +151,15 @@ def functional_test(
     labels: NDArray[np.integer],
     *,
     batch: int = 256,
+    attempts: int = DEFAULT_ATTEMPTS,
 ) -> FunctionalResult:
     """Program ``image_bytes`` into the die under the probe and run ``features`` (N, *input) float32
-    in batches of ``batch`` through :meth:`Driver.run_network`; driver errors propagate."""
+    in batches of ``batch`` through :meth:`Driver.run_network`.
+
+    A transient driver error retries the one program or run call (``attempts`` tries; after a lost
+    contact the die is probed again and the image programmed again first); other driver errors, and
+    the last try's, propagate.
+    """
     x = np.asarray(features, dtype=np.float32)
     y = np.asarray(labels).astype(np.int64)
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
@@ -157,9 +167,14 @@ def functional_test(
     if batch <= 0:
         raise ValueError("batch must be positive")
     t0, s0 = time.perf_counter(), driver.tester_time_s
-    driver.program_image(image_bytes)
+    calls = RetryingCalls(driver, driver.identify().address, attempts=attempts)
+    program = partial(driver.program_image, image_bytes)
+    calls.call(program)
     preds = np.concatenate(
-        [driver.run_network(x[i : i + batch]).argmax(axis=1) for i in range(0, x.shape[0], batch)]
+        [
+            calls.call(partial(driver.run_network, x[i : i + batch]), restore=program).argmax(axis=1)
+            for i in range(0, x.shape[0], batch)
+        ]
     )
     correct = int((preds == y).sum())
     return FunctionalResult(
@@ -169,4 +184,5 @@ def functional_test(
         predictions=preds.astype(np.int64),
         tester_s=driver.tester_time_s - s0,
         wall_s=time.perf_counter() - t0,
+        retries=calls.retries,
     )

@@ -36,11 +36,13 @@ from app.calibration.functional import (
     grade,
 )
 from app.calibration.signature import SIGNATURE_VERSION, Signature, SignatureFormatError
+from app.calibration.transient import DEFAULT_ATTEMPTS
 from hardware.chip import ChipGeometry, ImageHeader, NetworkProgram, WeightImage, encode_image
 from hardware.driver import Driver
 
 __all__ = [
     "ALGORITHM_VERSION",
+    "DEFAULT_ATTEMPTS",
     "DEFAULT_BUDGET",
     "GRADE_TABLE",
     "SIGNATURE_VERSION",
@@ -69,7 +71,8 @@ def characterize(
 ) -> CharacterizationResult:
     """Measure the signature of the die under the probe (see :mod:`app.calibration.characterize`).
 
-    ``budget`` is in read vectors per die; transient driver errors propagate (retry the die).
+    ``budget`` is in read vectors per die; a transient driver error retries the one call
+    (``config.attempts`` tries), then propagates (retry the die).
     """
     return _characterize(driver, budget=budget, rng=rng, config=config)
 

@@ -11,6 +11,9 @@ Key columns at a glance:
   ``signature_id``) and points at a file named by ``content_sha256`` in the image store.
 * ``TestResult``, ``Job`` / ``JobItem``, ``ApiKey`` (``prefix`` unique), ``AuditEvent``,
   ``IdempotencyRecord`` (``owner``, ``key``) unique.
+* ``Provenance``: which driver, tester, site and options measured; one row per distinct combination
+  (``key_sha256`` unique), referenced by ``Signature``, ``Image`` and ``TestResult.provenance_id``
+  (NULL for rows stored before provenance was recorded).
 """
 
 from __future__ import annotations
@@ -92,8 +95,32 @@ class Die(Base):
     wafer: Mapped[Wafer] = relationship(lazy="joined", innerjoin=True)
 
 
+class Provenance(Base):
+    """What measured: driver name and version, the tester's identity as ``Driver.info()`` reports it
+    (vendor, model, serial, ``info``: its other fields), the station's test site and its resource, the
+    SHA-256 of the site's canonical driver options (the options themselves, secrets included, are
+    never stored) and the host the station ran on. ``key_sha256`` hashes all of them."""
+
+    __tablename__ = "provenance"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    driver: Mapped[str] = mapped_column(String(64))
+    driver_version: Mapped[str] = mapped_column(String(64))
+    vendor: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(128))
+    serial: Mapped[str] = mapped_column(String(128))
+    site: Mapped[int]
+    resource: Mapped[str | None] = mapped_column(String(255))
+    options_sha256: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(String(255))
+    info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Signature(Base):
-    """One characterization of a die. The blob is the estimator's serialized signature."""
+    """One characterization of a die. The blob is the estimator's serialized signature; ``retries``
+    counts the driver calls repeated after a transient error while measuring it."""
 
     __tablename__ = "signature"
     __table_args__ = (
@@ -119,7 +146,11 @@ class Signature(Base):
     n_dead_cols: Mapped[int]
     n_stuck_cells: Mapped[int]
     offset_spread_mac: Mapped[float]
+    retries: Mapped[int] = mapped_column(default=0, server_default="0")
+    provenance_id: Mapped[int | None] = mapped_column(ForeignKey("provenance.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    provenance: Mapped[Provenance | None] = relationship()
 
 
 class DatasetBlob(Base):
@@ -191,7 +222,8 @@ class Model(Base):
 
 
 class Image(Base):
-    """A die-specific weight image: (die, model, signature) -> file ``content_sha256`` in the store."""
+    """A die-specific weight image: (die, model, signature) -> file ``content_sha256`` in the store.
+    ``provenance_id`` is the signature's: the tester whose measurement the image compensates."""
 
     __tablename__ = "image"
     __table_args__ = (UniqueConstraint("die_id", "model_id", "signature_id"),)
@@ -211,11 +243,16 @@ class Image(Base):
     # False when the die's defects exceed what the spares repair (soft bin 11), with the reason.
     calibratable: Mapped[bool] = mapped_column(default=True)
     reason: Mapped[str | None] = mapped_column(Text)
+    provenance_id: Mapped[int | None] = mapped_column(ForeignKey("provenance.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    provenance: Mapped[Provenance | None] = relationship()
 
 
 class TestResult(Base):
-    """Functional test of a die with one model: accuracy and the bins it earned."""
+    """Functional test of a die with one model: accuracy and the bins it earned, on which tester
+    (``provenance_id``; NULL for an alarm bin given without a measurement) and with how many driver
+    calls repeated after a transient error (``retries``)."""
 
     __tablename__ = "test_result"
     __test__ = False  # not a pytest class
@@ -230,7 +267,11 @@ class TestResult(Base):
     test_time_s: Mapped[float]
     # Why a die got an alarm or failing bin without a measurement (None for a measured result).
     reason: Mapped[str | None] = mapped_column(Text)
+    retries: Mapped[int] = mapped_column(default=0, server_default="0")
+    provenance_id: Mapped[int | None] = mapped_column(ForeignKey("provenance.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    provenance: Mapped[Provenance | None] = relationship()
 
 
 class Job(Base):

@@ -49,7 +49,8 @@ class PartResult:
     """One tested die as an STDF part.
 
     ``results`` holds ``(test number, value)`` pairs in execution order; a test with no value for this
-    die is simply absent. ``test_time_ms`` is the tester time charged to the die.
+    die is simply absent. ``test_time_ms`` is the tester time charged to the die; ``site`` the STDF
+    site number (1-255) that tested it.
     """
 
     ecid: str
@@ -61,6 +62,7 @@ class PartResult:
     test_time_ms: int
     results: tuple[tuple[int, float], ...] = ()
     text: str = ""
+    site: int = 1
 
 
 @dataclass(frozen=True)
@@ -90,11 +92,33 @@ class WaferConfig:
 
 
 @dataclass(frozen=True)
+class SiteDescription:
+    """The STDF SDR of one site group: its site numbers and the equipment behind them.
+
+    ``card_type`` / ``card_id`` (SDR ``CARD_TYP`` / ``CARD_ID``): the tester (vendor and model) and
+    the resources the sites reach it through; ``extra_type`` / ``extra_id`` (``EXTR_TYP`` /
+    ``EXTR_ID``): the driver and its version.
+    """
+
+    site_numbers: tuple[int, ...]
+    head: int = 1
+    group: int = 1
+    handler_type: str = ""
+    handler_id: str = ""
+    card_type: str = ""
+    card_id: str = ""
+    extra_type: str = ""
+    extra_id: str = ""
+
+
+@dataclass(frozen=True)
 class LotResult:
     """A lot's test data with one model: what one STDF file holds.
 
     ``job_name`` / ``job_rev`` (MIR ``JOB_NAM`` / ``JOB_REV``, the test program) are the model's name
     and version: each model's functional test is its own test program on the same part type.
+    ``node_name``, ``tester_type``, ``serial_number`` and ``setup_id`` (MIR ``NODE_NAM``, ``TSTR_TYP``,
+    ``SERL_NUM``, ``SETUP_ID``) describe the tester; ``sites`` becomes the SDR (none: no SDR).
     """
 
     lot_id: str
@@ -113,6 +137,9 @@ class LotResult:
     exec_type: str = "cimcal"
     exec_ver: str = ""
     test_code: str = "CAL"
+    serial_number: str = ""
+    setup_id: str = ""
+    sites: SiteDescription | None = None
     wafer_config: WaferConfig = field(default_factory=WaferConfig)
 
 
@@ -143,7 +170,8 @@ class DieRow:
     die running the uncompensated model / its die-specific (calibrated) weight image. Bins and test time
     come from the die's latest calibrated functional test with the model (or, failing that, its latest
     test with the model); every field of a step the die has not been through is ``None``. The signature
-    figures are the die's, whatever the model.
+    figures are the die's, whatever the model. ``site`` is the station's test-site index that ran the
+    final test (``None``: not recorded); ``retries`` the driver calls repeated while characterizing.
     """
 
     lot_id: str
@@ -159,8 +187,10 @@ class DieRow:
     accuracy_after: float | None
     test_time_s: float | None
     tested_at: datetime | None
+    site: int | None
     signature_version: int | None
     reads: int | None
+    retries: int | None
     tester_s: float | None
     n_dead_cols: int | None
     n_stuck_cells: int | None

@@ -1,7 +1,8 @@
 """STDF V4 writer (little-endian, CPU_TYPE 2), from :class:`~app.exports.records.LotResult`.
 
-Record order: FAR, MIR, WCR, then per wafer WIR, per die (PIR, PTR..., PRR), WRR; then TSR per test,
-HBR, SBR, PCR (all summary records with HEAD_NUM 255 = all heads) and MRR.
+Record order: FAR, MIR, SDR (when the lot's sites are known), WCR, then per wafer WIR, per die (PIR,
+PTR..., PRR, on the die's site), WRR; then TSR per test, HBR, SBR, PCR (all summary records with
+HEAD_NUM 255 = all heads) and MRR.
 
 Written with :mod:`struct` rather than the Semi-ATE-STDF package: that package packs each record field
 by field in Python (about 110 us per PTR measured here, against a few us with struct), which makes a
@@ -16,7 +17,14 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 
-from app.exports.records import BinInfo, LotResult, ParametricTest, PartResult, WaferResult
+from app.exports.records import (
+    BinInfo,
+    LotResult,
+    ParametricTest,
+    PartResult,
+    SiteDescription,
+    WaferResult,
+)
 
 CPU_TYPE = 2  # little-endian (i386 / x86-64)
 STDF_VERSION = 4
@@ -35,6 +43,7 @@ MRR = (1, 20)
 PCR = (1, 30)
 HBR = (1, 40)
 SBR = (1, 50)
+SDR = (1, 80)
 WIR = (2, 10)
 WRR = (2, 20)
 WCR = (2, 30)
@@ -79,6 +88,12 @@ def _c1(ch: str) -> bytes:
 def _time(t: datetime) -> int:
     """STDF U*4 time: seconds since 1970-01-01 UTC."""
     return max(0, min(U4_MISSING - 1, int(t.timestamp())))
+
+
+def _u1(value: int, name: str) -> int:
+    if not 0 <= value <= 0xFF:
+        raise StdfError(f"{name}={value} does not fit U*1")
+    return value
 
 
 def _u2(value: int, name: str) -> int:
@@ -126,8 +141,26 @@ def mir(lot: LotResult) -> bytes:
         lot.exec_ver,  # EXEC_VER
         lot.test_code,  # TEST_COD
     ]
-    texts += [""] * (30 - len(texts))  # TST_TEMP .. SUPR_NAM
+    texts += [""] * 13  # TST_TEMP .. FLOW_ID
+    texts += [lot.setup_id, "", "", "", lot.serial_number, ""]  # SETUP_ID .. SUPR_NAM
     return _record(MIR, body + b"".join(_cn(t) for t in texts))
+
+
+def sdr(sites: SiteDescription) -> bytes:
+    numbers = [_u1(n, "SITE_NUM") for n in sites.site_numbers]
+    body = struct.pack(
+        "<BBB", _u1(sites.head, "HEAD_NUM"), _u1(sites.group, "SITE_GRP"), _u1(len(numbers), "SITE_CNT")
+    )
+    body += bytes(numbers)
+    texts = [
+        sites.handler_type,  # HAND_TYP
+        sites.handler_id,  # HAND_ID
+        sites.card_type,  # CARD_TYP
+        sites.card_id,  # CARD_ID
+    ]
+    texts += [""] * 10  # LOAD_TYP .. LASR_ID
+    texts += [sites.extra_type, sites.extra_id]  # EXTR_TYP, EXTR_ID
+    return _record(SDR, body + b"".join(_cn(t) for t in texts))
 
 
 def wcr(lot: LotResult) -> bytes:
@@ -157,11 +190,11 @@ def wrr(wafer: WaferResult) -> bytes:
     return _record(WRR, body + _cn(wafer.wafer_id) + _cn("") * 5)
 
 
-def pir() -> bytes:
-    return _record(PIR, struct.pack("<BB", HEAD, SITE))
+def pir(site: int = SITE) -> bytes:
+    return _record(PIR, struct.pack("<BB", HEAD, _u1(site, "SITE_NUM")))
 
 
-def ptr(test: ParametricTest, value: float) -> bytes:
+def ptr(test: ParametricTest, value: float, site: int = SITE) -> bytes:
     verdict = test.passes(value)
     test_flg = NO_PASS_FAIL if verdict is None else (0 if verdict else TEST_FAILED)
     opt = OPT_BASE
@@ -169,7 +202,7 @@ def ptr(test: ParametricTest, value: float) -> bytes:
         opt |= OPT_NO_LO_LIMIT
     if test.hi_limit is None:
         opt |= OPT_NO_HI_LIMIT
-    body = struct.pack("<IBBBBf", test.number, HEAD, SITE, test_flg, 0, _f32(value))
+    body = struct.pack("<IBBBBf", test.number, HEAD, _u1(site, "SITE_NUM"), test_flg, 0, _f32(value))
     body += _cn(test.name) + _cn("")  # TEST_TXT, ALARM_ID
     body += struct.pack(
         "<Bbbbff",
@@ -189,7 +222,7 @@ def prr(part: PartResult, num_tests: int) -> bytes:
     body = struct.pack(
         "<BBBHHHhhI",
         HEAD,
-        SITE,
+        _u1(part.site, "SITE_NUM"),
         0 if part.passed else PART_FAILED,
         _u2(num_tests, "NUM_TEST"),
         _u2(part.hard_bin, "HARD_BIN"),
@@ -246,16 +279,18 @@ def iter_records(lot: LotResult) -> Iterator[bytes]:
 
     yield far()
     yield mir(lot)
+    if lot.sites is not None:
+        yield sdr(lot.sites)
     yield wcr(lot)
     for wafer in lot.wafers:
         yield wir(wafer)
         for part in wafer.parts:
-            yield pir()
+            yield pir(part.site)
             for number, value in part.results:
                 test = tests.get(number)
                 if test is None:
                     raise StdfError(f"{part.ecid}: result for test {number}, which is not in the test plan")
-                yield ptr(test, value)
+                yield ptr(test, value, part.site)
                 values[number].append(value)
                 if test.passes(value) is False:
                     fails[number] += 1

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.calibration.pipeline import (
+    DEFAULT_ATTEMPTS,
     DEFAULT_BUDGET,
     ModelContext,
     SignatureFormatError,
@@ -38,13 +39,14 @@ from app.db.session import session_scope
 from app.db.tables import Die, Image, Model, TestResult
 from app.db.tables import Signature as SignatureRow
 from app.errors import AppError, ConflictError, InvalidInputError, NotFoundError
-from app.services.hardware import DriverPool
+from app.services import provenance as provenance_service
+from app.services.hardware import DriverPool, TesterProvenance
 from app.services.images import ImageStore
 from app.services.models import grade_rules
 from app.services.runtime import ModelRuntimes, runtime_for
 from app.services.signatures import record_signature
 from hardware.chip import ImageHeader, build_image, encode_image
-from hardware.driver import DieAddress, Driver, ProtocolError
+from hardware.driver import TRANSIENT_ERRORS, DieAddress, Driver, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ class CharacterizeOutcome:
     signature_bytes: int
     created: bool
     summary: dict[str, float | int] = field(default_factory=dict)
+    retries: int = 0
+    provenance: TesterProvenance | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,8 @@ class TestOutcome:
     n_clips: int
     image_sha256: str | None
     created: bool
+    retries: int = 0
+    provenance: TesterProvenance | None = None
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -143,7 +149,11 @@ def _model(session: Session, ref: str, *, with_blob: bool = False) -> Model:
 
 
 def _characterize_outcome(
-    ecid: str, sig: SignatureRow, created: bool, summary: dict[str, Any]
+    ecid: str,
+    sig: SignatureRow,
+    created: bool,
+    summary: dict[str, Any],
+    provenance: TesterProvenance | None = None,
 ) -> CharacterizeOutcome:
     return CharacterizeOutcome(
         ecid=ecid,
@@ -160,13 +170,26 @@ def _characterize_outcome(
         signature_bytes=len(sig.blob),
         created=created,
         summary=summary,
+        retries=sig.retries,
+        provenance=provenance,
     )
 
 
-def _probe(driver: Driver, ecid: str) -> None:
-    ident = driver.probe(DieAddress.from_ecid(ecid))
-    if ident.ecid != ecid:
-        raise ProtocolError(f"prober reached {ident.ecid}, expected {ecid}", protocol_code=0x11)
+def _probe(driver: Driver, ecid: str, *, attempts: int = DEFAULT_ATTEMPTS) -> int:
+    """Step to the die and make contact, trying again after a transient error (``attempts`` tries);
+    returns the number of retries."""
+    address = DieAddress.from_ecid(ecid)
+    for attempt in range(1, attempts + 1):
+        try:
+            ident = driver.probe(address)
+        except TRANSIENT_ERRORS:
+            if attempt == attempts:
+                raise
+            continue
+        if ident.ecid != ecid:
+            raise ProtocolError(f"prober reached {ident.ecid}, expected {ecid}", protocol_code=0x11)
+        return attempt - 1
+    raise AssertionError("unreachable")
 
 
 def _die_seed(ecid: str) -> int:
@@ -190,10 +213,12 @@ def characterize_die(
         die_id = die.id
         current = signatures.current(s, die_id)
         if current is not None and not force:
-            return _characterize_outcome(ecid, current, False, {})
-    with pool.acquire() as driver:
-        _probe(driver, ecid)
-        result = characterize(driver, budget=budget or DEFAULT_BUDGET, rng=_die_seed(ecid))
+            prov = None if current.provenance is None else provenance_service.from_row(current.provenance)
+            return _characterize_outcome(ecid, current, False, {}, prov)
+    with pool.acquire() as site:
+        prov = site.provenance()
+        probe_retries = _probe(site.driver, ecid)
+        result = characterize(site.driver, budget=budget or DEFAULT_BUDGET, rng=_die_seed(ecid))
     blob = result.signature.to_bytes()
     summary = result.summary()
     with _scope(db) as s:
@@ -207,8 +232,10 @@ def characterize_die(
             n_stuck_cells=result.signature.n_stuck_cells,
             offset_spread_mac=float(summary.get("offset_spread_mac", 0.0)),
             actor=actor,
+            retries=probe_retries + result.retries,
+            provenance=prov,
         )
-    return _characterize_outcome(ecid, sig, True, summary)
+    return _characterize_outcome(ecid, sig, True, summary, prov)
 
 
 # ------------------------------------------------------------------------------------- compensate
@@ -260,6 +287,7 @@ def compensate_die(
         if existing is not None and store.exists(existing.content_sha256):
             return _image_outcome(ecid, model_ref, existing, False)
         die_id, model_id, sig_id, sig_sha, sig_blob = die.id, model.id, sig.id, sig.sha256, sig.blob
+        sig_provenance_id = sig.provenance_id
         runtime = runtime_for(s, runtimes, model)
     try:
         signature = DieSignature.from_bytes(sig_blob)
@@ -281,6 +309,7 @@ def compensate_die(
         compute_s=out.compute_s,
         calibratable=out.calibratable,
         reason=out.reason or None,
+        provenance_id=sig_provenance_id,
     )
     try:
         with _scope(writer) as s, s.begin_nested():
@@ -318,6 +347,7 @@ def _test_outcome(
     n: int,
     sha: str | None,
     created: bool,
+    provenance: TesterProvenance | None = None,
 ) -> TestOutcome:
     return TestOutcome(
         ecid=ecid,
@@ -332,6 +362,8 @@ def _test_outcome(
         n_clips=n,
         image_sha256=sha,
         created=created,
+        retries=row.retries,
+        provenance=provenance,
     )
 
 
@@ -373,14 +405,17 @@ def functional_test_die(
                     0,
                     image.content_sha256,
                     False,
+                    None if done.provenance is None else provenance_service.from_row(done.provenance),
                 )
         die_id, model_id = die.id, model.id
         runtime = runtime_for(s, runtimes, model)
     data = image_bytes(store, image)
     x, y, grades = runtime.test_features, runtime.test_labels, runtime.grades
     t0 = time.perf_counter()
-    with pool.acquire() as driver:
-        _probe(driver, ecid)
+    with pool.acquire() as site:
+        prov = site.provenance()
+        driver = site.driver
+        probe_retries = _probe(driver, ecid)
         before = None
         if settings.measure_uncalibrated:
             ideal = build_image(
@@ -392,6 +427,7 @@ def functional_test_die(
         after = functional_test(driver, data, x, y)
     hard, soft, label = grade(after.accuracy, calibratable=image.calibratable, pass_grades=grades)
     with _scope(db) as s:
+        prov_id = provenance_service.record(s, prov).id
         if before is not None:
             hb, sb, _ = grade(before.accuracy, pass_grades=grades)
             test_results.add(
@@ -404,6 +440,8 @@ def functional_test_die(
                     hard_bin=hb,
                     soft_bin=sb,
                     test_time_s=before.tester_s,
+                    retries=before.retries,
+                    provenance_id=prov_id,
                 ),
             )
         row = test_results.add(
@@ -416,6 +454,8 @@ def functional_test_die(
                 hard_bin=hard,
                 soft_bin=soft,
                 test_time_s=after.tester_s,
+                retries=probe_retries + after.retries,
+                provenance_id=prov_id,
             ),
         )
         audit.add(
@@ -423,7 +463,13 @@ def functional_test_die(
             actor=actor,
             action="functional_test",
             target=ecid,
-            details={"model": model_ref, "accuracy": after.accuracy, "soft_bin": soft},
+            details={
+                "model": model_ref,
+                "accuracy": after.accuracy,
+                "soft_bin": soft,
+                "site": prov.site,
+                "retries": after.retries,
+            },
         )
     log.info(
         "functional test %s %s: %.3f (bin %d) in %.2f s",
@@ -442,6 +488,7 @@ def functional_test_die(
         len(y),
         image.content_sha256,
         True,
+        prov,
     )
 
 

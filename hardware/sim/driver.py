@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
 
 from hardware.chip import ChipGeometry, WeightImage, decode_image, execute_network
 from hardware.driver import (
@@ -56,15 +57,36 @@ class SimulatedFleet:
         return truth
 
 
+class SimulatedOptions(BaseModel):
+    """The simulated driver's options (``CIMCAL_DRIVER_OPTIONS``, per-site options).
+
+    ``p_timeout`` / ``p_contact_loss`` are per driver call, ``p_gross_defect`` per die; ``noise_seed``
+    seeds the read-noise and fault draws (``None``: derived from the fleet seed and the site, so every
+    site draws its own noise on the same fleet of dies).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fleet_seed: int = 2022
+    variation_scale: float = Field(1.0, ge=0.0)
+    p_timeout: float = Field(0.0, ge=0.0, le=1.0)
+    p_contact_loss: float = Field(0.0, ge=0.0, le=1.0)
+    p_gross_defect: float = Field(0.0, ge=0.0, le=1.0)
+    noise_seed: int | None = None
+    default_timeout_s: float = Field(30.0, gt=0.0)
+
+
 class SimulatedDriver(Driver):
     """A single-site tester on a simulated die fleet.
 
     Options (all keyword): ``fleet`` or (``fleet_seed``, ``variation_scale``, ``geometry``,
     ``p_timeout``, ``p_contact_loss``, ``p_gross_defect``), ``noise_seed`` for the read-noise and
-    fault draws, ``timing`` and ``default_timeout_s``. After a contact loss the die must be probed again.
+    fault draws (default: ``fleet seed * 1009 + site``), ``timing`` and ``default_timeout_s``; the
+    configurable ones are :class:`SimulatedOptions`. After a contact loss the die must be probed again.
     """
 
     name = "simulated"
+    Options = SimulatedOptions
 
     def __init__(
         self,
@@ -77,10 +99,12 @@ class SimulatedDriver(Driver):
         p_contact_loss: float = 0.0,
         p_gross_defect: float = 0.0,
         noise_seed: int | None = None,
+        site: int = 0,
+        resource: str | None = None,
         timing: TimingModel | None = None,
         default_timeout_s: float = 30.0,
     ) -> None:
-        super().__init__(timing=timing, default_timeout_s=default_timeout_s)
+        super().__init__(site=site, resource=resource, timing=timing, default_timeout_s=default_timeout_s)
         if fleet is None:
             fleet = SimulatedFleet(
                 FleetConfig(
@@ -91,7 +115,9 @@ class SimulatedDriver(Driver):
                 )
             )
         self.fleet = fleet
-        self._rng = np.random.default_rng(noise_seed if noise_seed is not None else fleet.config.seed + 7919)
+        self._rng = np.random.default_rng(
+            noise_seed if noise_seed is not None else fleet.config.seed * 1009 + site
+        )
         self._truth: DieVariation | None = None
         self._arrays: dict[int, MacroArray] = {}
         self._image: WeightImage | None = None

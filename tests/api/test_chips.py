@@ -63,8 +63,12 @@ def test_characterize_stores_a_current_signature(
     assert out["ecid"] == ECID and out["version"] == 1 and out["created"] is True
     assert out["read_vectors"] > 0 and out["writes"] > 0 and out["tester_s"] > 0
     assert len(str(out["signature_sha256"])) == 64
+    prov = out["provenance"]
+    assert isinstance(prov, dict) and prov["driver"] == "simulated" and prov["site"] in (0, 1)
+    assert out["retries"] == 0 and prov["serial"] == "seed-2022"
     die = client.get(f"/v1/dies/{ECID}", headers=as_role("viewer")).json()
     assert die["current_signature"]["sha256"] == out["signature_sha256"]
+    assert die["current_signature"]["provenance"] == prov and die["current_signature"]["retries"] == 0
     with session_scope(session_factory) as s:
         sig = s.scalars(select(Signature)).one()
         assert hashlib.sha256(sig.blob).hexdigest() == out["signature_sha256"]
@@ -215,11 +219,17 @@ def test_functional_test_bins_the_die_and_records_before_and_after(
     assert r.status_code == 201, r.text
     out = r.json()
     assert 0 <= out["accuracy"] <= 1 and 0 <= out["accuracy_uncalibrated"] <= 1 and out["n_clips"] == 24
+    assert out["provenance"]["driver"] == "simulated" and out["retries"] == 0
     g = grade(out["accuracy"])
     assert (out["hard_bin"], out["soft_bin"], out["bin_label"]) == (g.hard_bin, g.soft_bin, g.label)
     with session_scope(session_factory) as s:
         rows = s.scalars(select(TestResult).order_by(TestResult.id)).all()
         assert [r.image_id is None for r in rows] == [True, False]
+        assert rows[0].provenance_id == rows[1].provenance_id is not None
+        assert rows[1].provenance is not None and rows[1].provenance.site == out["provenance"]["site"]
+        image = s.get(Image, rows[1].image_id)
+        sig = s.scalars(select(Signature)).one()
+        assert image is not None and image.provenance_id == sig.provenance_id is not None
         assert rows[1].accuracy == pytest.approx(out["accuracy"]) and rows[1].soft_bin == out["soft_bin"]
     again = client.post(
         f"/v1/dies/{ECID}/functional-test", json={"model": model, "force": False}, headers=as_role("station")

@@ -11,6 +11,11 @@ def test_healthz_and_version(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     v = client.get("/version").json()
     assert v["name"] == "cimcal" and v["api"] == "v1" and v["driver"] == "simulated" and v["version"]
+    # One entry per test site: its driver, resource and (secrets masked) options.
+    assert [s["site"] for s in v["sites"]] == [0, 1]
+    site = v["sites"][0]
+    assert site["driver"] == "simulated" and site["driver_version"] and len(site["options_sha256"]) == 64
+    assert site["options"]["fleet_seed"] == 2022 and site["resource"] is None
 
 
 def test_readyz_checks_database_and_driver(client: TestClient) -> None:

@@ -88,16 +88,17 @@ def test_same_seed_same_signature(make_driver: Make) -> None:
 
 
 @pytest.mark.parametrize("error", [HardwareTimeoutError, ContactError])
-def test_transient_errors_propagate_and_nothing_is_returned(
+def test_transient_errors_that_persist_propagate_and_nothing_is_returned(
     make_driver: Make, error: type[Exception]
 ) -> None:
+    """A call is tried three times (see test_retries.py); an error that persists ends the die."""
     drv = make_driver(1.0)
     calls = {"n": 0}
     original = drv._read_macro
 
     def flaky(macro: int, inputs: np.ndarray) -> np.ndarray:
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] >= 5:
             raise error("read_macro", 1.0) if error is HardwareTimeoutError else error("contact lost")
         return original(macro, inputs)
 
@@ -105,14 +106,7 @@ def test_transient_errors_propagate_and_nothing_is_returned(
     result = None
     with pytest.raises(error):
         result = characterize(drv, budget=SMALL_BUDGET, rng=0)
-    assert result is None and calls["n"] == 5
-
-
-def test_injected_timeouts_propagate(make_driver: Make) -> None:
-    drv = make_driver(1.0, p_timeout=0.05)
-    with pytest.raises(HardwareTimeoutError):
-        for _ in range(20):  # about 64 driver operations per run: a timeout is certain within a few
-            characterize(drv, budget=SMALL_BUDGET, rng=0)
+    assert result is None and calls["n"] == 5 + 2
 
 
 def test_budget_too_small_is_refused(make_driver: Make) -> None:

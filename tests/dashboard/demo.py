@@ -1,5 +1,6 @@
 """A small demo lot for the dashboard and export tests: circular wafers with dies, signatures, weight
-images, functional tests before and after calibration, and a running job.
+images, functional tests before and after calibration, and a running job. Dies alternate between two
+test sites of one tester (:data:`DEMO_TESTERS`), recorded as provenance.
 
 Lots and signatures go through the services (``register_lot``, ``record_signature``; signature blobs
 are real :class:`app.calibration.signature.Signature` bytes when that package is present). Models,
@@ -20,9 +21,27 @@ from sqlalchemy.orm import Session
 from app.db.repositories import models as models_repo
 from app.db.tables import Die, Image, Job, JobItem, JobState, Model, Signature, TestResult, Wafer
 from app.services import lots, signatures
+from app.services import provenance as provenance_service
+from app.services.hardware import TesterProvenance
 from app.services.lots import WaferSpec, circular_sites
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+DEMO_TESTERS = tuple(
+    TesterProvenance(
+        driver="acme",
+        driver_version="2.4.1",
+        vendor="ACME Test Systems",
+        model="CIM-9",
+        serial="A9-0042",
+        site=site,
+        resource=f"TCPIP0::10.0.0.{5 + site}::INSTR",
+        options_sha256=hashlib.sha256(b"demo options").hexdigest(),
+        host="station-07",
+    )
+    for site in (0, 1)
+)
+"""The two test sites of the demo station: die ``i`` of the lot is measured and tested on site ``i % 2``."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,8 @@ class DieExpect:
     soft_bin: int | None = None
     hard_bin: int | None = None
     test_time_s: float | None = None
+    site: int | None = None
+    retries: int | None = None
 
 
 @dataclass
@@ -170,6 +191,8 @@ def add_demo_results(session: Session, lot_id: str = "DEMO001", seed: int = 7) -
         n_stuck = int(rng.poisson(3 + 4 * r))
         reads = int(20_000 + rng.integers(0, 2_000))
         tester_s = round(1.5 + 0.3 * rng.random(), 3)
+        tester = DEMO_TESTERS[i % 2]
+        retries = i % 3
         sig = signatures.record_signature(
             session,
             die_id=die.id,
@@ -180,12 +203,14 @@ def add_demo_results(session: Session, lot_id: str = "DEMO001", seed: int = 7) -
             n_stuck_cells=n_stuck,
             offset_spread_mac=spread,
             actor="demo",
+            retries=retries,
+            provenance=tester,
         )
         sig.created_at = t
         session.add(JobItem(job_id=job.id, die_id=die.id, step="characterize", state=JobState.succeeded))
         if i % 11 == 5:
             demo.dies[die.ecid] = DieExpect(
-                die.ecid, wafer, die.x, die.y, True, spread, n_dead, n_stuck, tester_s, reads
+                die.ecid, wafer, die.x, die.y, True, spread, n_dead, n_stuck, tester_s, reads, retries=retries
             )
             session.add(JobItem(job_id=job.id, die_id=die.id, step="test", state=JobState.running))
             continue
@@ -204,9 +229,11 @@ def add_demo_results(session: Session, lot_id: str = "DEMO001", seed: int = 7) -
             content_sha256=hashlib.sha256(f"image:{die.ecid}".encode()).hexdigest(),
             size_bytes=65_536,
             created_at=t + timedelta(seconds=5),
+            provenance_id=sig.provenance_id,
         )
         session.add(image)
         session.flush()
+        tester_id = provenance_service.record(session, tester).id
         session.add_all(
             [
                 TestResult(
@@ -218,6 +245,7 @@ def add_demo_results(session: Session, lot_id: str = "DEMO001", seed: int = 7) -
                     soft_bin=11,
                     test_time_s=test_time_s,
                     created_at=t + timedelta(seconds=10),
+                    provenance_id=tester_id,
                 ),
                 TestResult(
                     die_id=die.id,
@@ -228,6 +256,7 @@ def add_demo_results(session: Session, lot_id: str = "DEMO001", seed: int = 7) -
                     soft_bin=soft,
                     test_time_s=test_time_s,
                     created_at=t + timedelta(seconds=20),
+                    provenance_id=tester_id,
                 ),
             ]
         )
@@ -248,6 +277,8 @@ def add_demo_results(session: Session, lot_id: str = "DEMO001", seed: int = 7) -
             soft,
             hard,
             test_time_s,
+            tester.site,
+            retries,
         )
     session.flush()
     return demo
@@ -295,7 +326,13 @@ def add_second_model_results(session: Session, demo: DemoLot, model: str = SECON
     for d in demo.dies.values():
         if d.ecid not in chosen:
             out.dies[d.ecid] = dataclasses.replace(
-                d, accuracy_before=None, accuracy_after=None, soft_bin=None, hard_bin=None, test_time_s=None
+                d,
+                accuracy_before=None,
+                accuracy_after=None,
+                soft_bin=None,
+                hard_bin=None,
+                test_time_s=None,
+                site=None,
             )
             continue
         die = by_ecid[d.ecid]
@@ -340,6 +377,7 @@ def add_second_model_results(session: Session, demo: DemoLot, model: str = SECON
             soft_bin=soft,
             hard_bin=hard,
             test_time_s=test_time_s,
+            site=None,  # the second model's tests record no provenance
         )
     session.flush()
     return out

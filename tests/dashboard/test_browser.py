@@ -180,6 +180,13 @@ def test_die_page(signed_in: WebDriver, live_server: LiveServer, screenshot_dir:
     assert len(signed_in.find_elements(By.CSS_SELECTOR, "#images tbody tr")) == 1
     assert not signed_in.find_elements(By.ID, "model-select")  # one model: nothing to choose
     assert signed_in.find_elements(By.CSS_SELECTOR, "#signature-figures")
+    # Which tester measured it: the demo lot's dies alternate between two sites of one tester.
+    measured_by = signed_in.find_element(By.ID, "provenance").text
+    assert (
+        "ACME Test Systems CIM-9" in measured_by
+        and f"TCPIP0::10.0.0.{5 + (die.site or 0)}::INSTR" in measured_by
+    )
+    assert f"site {die.site}" in signed_in.find_element(By.ID, "tests").text
     decoded = bool(signed_in.find_elements(By.CSS_SELECTOR, "#sig-gain .main-svg"))
     if decoded:
         assert signed_in.find_elements(By.CSS_SELECTOR, "#sig-offset .main-svg")

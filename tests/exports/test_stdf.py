@@ -3,6 +3,7 @@ field by field against the database."""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections import Counter
 from collections.abc import Callable
@@ -16,10 +17,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.health import VERSION
 from app.db.session import session_scope
 from app.exports import stdf
-from app.exports.records import BinInfo, LotResult, ParametricTest, PartResult, WaferResult
+from app.exports.records import (
+    BinInfo,
+    LotResult,
+    ParametricTest,
+    PartResult,
+    SiteDescription,
+    WaferResult,
+)
 from app.services.reporting import exports as plan
 from app.services.reporting.stats import ACCURACY_LSL_PCT
-from tests.dashboard.demo import DemoLot, build_demo_lot
+from tests.dashboard.demo import DEMO_TESTERS, DemoLot, build_demo_lot
 from tests.exports.pystdf_reader import of_type, read_stdf
 
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
@@ -59,6 +67,47 @@ def test_records_read_back_in_order(capsys: pytest.CaptureFixture[str]) -> None:
     assert (far["CPU_TYPE"], far["STDF_VER"]) == (2, 4)
     wcr = records[2][1]
     assert (wcr["POS_X"], wcr["POS_Y"], wcr["WF_FLAT"]) == ("R", "D", "D")
+
+
+def test_sites_and_tester_read_back() -> None:
+    """The SDR lists the sites, every part's PIR / PTR / PRR carry its own, the MIR names the tester."""
+    parts = (
+        PartResult("L1-W01-X-001Y+002", -1, 2, 1, 1, True, 1500, ((1, 0.5), (2, 80.0)), site=3),
+        PartResult("L1-W01-X+003Y-004", 3, -4, 2, 11, False, 1000, ((2, 50.0),), site=1),
+    )
+    sites = SiteDescription(
+        (1, 3), card_type="ACME CIM-9", card_id="1=TCPIP0::a, 3=b:5025", extra_type="cimcal driver acme"
+    )
+    lot = dataclasses.replace(
+        _lot(parts),
+        sites=sites,
+        node_name="st-1",
+        tester_type="ACME CIM-9",
+        serial_number="A9",
+        setup_id="ab" * 32,
+    )
+    records = read_stdf(stdf.write_stdf(lot))
+    assert [n for n, _ in records][:4] == ["FAR", "MIR", "SDR", "WCR"]
+    (sdr,) = of_type(records, "SDR")
+    assert (sdr["HEAD_NUM"], sdr["SITE_GRP"], sdr["SITE_CNT"], list(sdr["SITE_NUM"])) == (1, 1, 2, [1, 3])
+    assert (sdr["CARD_TYP"], sdr["CARD_ID"], sdr["EXTR_TYP"], sdr["HAND_TYP"]) == (
+        "ACME CIM-9",
+        "1=TCPIP0::a, 3=b:5025",
+        "cimcal driver acme",
+        "",
+    )
+    (mir,) = of_type(records, "MIR")
+    assert (mir["NODE_NAM"], mir["TSTR_TYP"], mir["SERL_NUM"], mir["SETUP_ID"]) == (
+        "st-1",
+        "ACME CIM-9",
+        "A9",
+        "ab" * 32,
+    )
+    assert [r["SITE_NUM"] for r in of_type(records, "PIR")] == [3, 1]
+    assert [r["SITE_NUM"] for r in of_type(records, "PTR")] == [3, 3, 1]
+    assert [r["SITE_NUM"] for r in of_type(records, "PRR")] == [3, 1]
+    with pytest.raises(stdf.StdfError, match="SITE_NUM"):
+        stdf.write_stdf(_lot((dataclasses.replace(parts[0], site=256),)))
 
 
 def test_ptr_limits_units_and_flags() -> None:
@@ -158,7 +207,7 @@ def test_lot_stdf_matches_the_database(
     records = read_stdf(r.content)
     counts = Counter(name for name, _ in records)
     tested = demo.tested
-    assert counts["FAR"] == counts["MIR"] == counts["MRR"] == counts["WCR"] == counts["PCR"] == 1
+    assert [counts[n] for n in ("FAR", "MIR", "SDR", "WCR", "PCR", "MRR")] == [1] * 6
     assert counts["WIR"] == counts["WRR"] == len(demo.wafers)
     assert counts["PIR"] == counts["PRR"] == len(tested)
     assert counts["TSR"] == len(plan.TEST_PLAN)
@@ -172,6 +221,23 @@ def test_lot_stdf_matches_the_database(
         "cimcal",
         VERSION,
     )
+    # The tester and its sites, as the demo lot recorded them (dies alternate between two sites).
+    tester = DEMO_TESTERS[0]
+    assert (mir["NODE_NAM"], mir["TSTR_TYP"], mir["SERL_NUM"], mir["SETUP_ID"]) == (
+        tester.host,
+        f"{tester.vendor} {tester.model}",
+        tester.serial,
+        tester.options_sha256,
+    )
+    (sdr,) = of_type(records, "SDR")
+    assert sdr["SITE_CNT"] == 2 and list(sdr["SITE_NUM"]) == [1, 2]
+    assert (sdr["CARD_TYP"], sdr["CARD_ID"], sdr["EXTR_TYP"], sdr["EXTR_ID"]) == (
+        "ACME Test Systems CIM-9",
+        ", ".join(f"{t.site + 1}={t.resource}" for t in DEMO_TESTERS),
+        f"cimcal driver {tester.driver}",
+        tester.driver_version,
+    )
+    assert {d.site for d in tested} == {0, 1}
 
     # Walk the parts: every PRR closes the PTRs since its PIR.
     by_ecid: dict[str, tuple[dict[str, Any], dict[int, dict[str, Any]]]] = {}
@@ -194,6 +260,8 @@ def test_lot_stdf_matches_the_database(
         assert wafer_of_part[d.ecid] == f"DEMO001-W{d.wafer:02d}"
         assert (prr["X_COORD"], prr["Y_COORD"]) == (d.x, d.y)
         assert (prr["SOFT_BIN"], prr["HARD_BIN"]) == (d.soft_bin, d.hard_bin)
+        assert d.site is not None and prr["SITE_NUM"] == d.site + 1
+        assert {int(t["SITE_NUM"]) for t in tests.values()} == {d.site + 1}
         assert d.soft_bin is not None
         assert bool(int(prr["PART_FLG"]) & stdf.PART_FAILED) == (not 1 <= d.soft_bin <= 9)
         assert d.tester_s is not None and d.test_time_s is not None

@@ -28,6 +28,7 @@ def _check_row(row: dict[str, object], d: DieExpect, model: str) -> None:
     assert row["n_dead_cols"] == d.n_dead_cols and row["n_stuck_cells"] == d.n_stuck_cells
     assert row["offset_spread_mac"] == d.offset_spread_mac and row["tester_s"] == d.tester_s
     assert row["passed"] == (None if d.soft_bin is None else 1 <= d.soft_bin <= 9)
+    assert row["site"] == d.site and row["retries"] == d.retries
 
 
 def _parse(column: str, text: str) -> object:
@@ -35,7 +36,18 @@ def _parse(column: str, text: str) -> object:
         return None
     if column == "passed":
         return text == "True"
-    if column in ("wafer", "x", "y", "soft_bin", "hard_bin", "n_dead_cols", "n_stuck_cells", "reads"):
+    if column in (
+        "wafer",
+        "x",
+        "y",
+        "soft_bin",
+        "hard_bin",
+        "n_dead_cols",
+        "n_stuck_cells",
+        "reads",
+        "site",
+        "retries",
+    ):
         return int(text)
     if column in ("accuracy_before", "accuracy_after", "offset_spread_mac", "tester_s", "test_time_s"):
         return float(text)  # written with repr: reads back to the same float

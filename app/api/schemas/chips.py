@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from app.api.schemas.common import with_example
+from app.api.schemas.provenance import PROVENANCE_EXAMPLE, ProvenanceOut
 from app.services.calibration import CharacterizeOutcome, ImageOutcome, TestOutcome
 
 ECID_EXAMPLE = "LOT0001-W01-X+001Y+000"
@@ -38,6 +39,8 @@ class CharacterizeOut(BaseModel):
             "offset_spread_mac": 0.93,
             "signature_bytes": 52311,
             "summary": {"gain_spread": 0.031},
+            "retries": 0,
+            "provenance": PROVENANCE_EXAMPLE,
         }
     )
 
@@ -54,6 +57,8 @@ class CharacterizeOut(BaseModel):
     offset_spread_mac: float
     signature_bytes: int
     summary: dict[str, float | int]
+    retries: int = Field(description="Driver calls repeated after a timeout or a lost contact.")
+    provenance: ProvenanceOut | None = Field(description="The tester that measured the signature.")
 
     @classmethod
     def of(cls, o: CharacterizeOutcome) -> CharacterizeOut:
@@ -71,6 +76,8 @@ class CharacterizeOut(BaseModel):
             offset_spread_mac=o.offset_spread_mac,
             signature_bytes=o.signature_bytes,
             summary=o.summary,
+            retries=o.retries,
+            provenance=None if o.provenance is None else ProvenanceOut.model_validate(o.provenance),
         )
 
 
@@ -134,6 +141,8 @@ class FunctionalTestOut(BaseModel):
             "n_clips": 240,
             "image_sha256": SHA_EXAMPLE,
             "created": True,
+            "retries": 0,
+            "provenance": PROVENANCE_EXAMPLE,
         }
     )
 
@@ -148,6 +157,8 @@ class FunctionalTestOut(BaseModel):
     n_clips: int
     image_sha256: str | None
     created: bool
+    retries: int = Field(description="Driver calls repeated after a timeout or a lost contact.")
+    provenance: ProvenanceOut | None = Field(description="The tester that ran the test.")
 
     @classmethod
     def of(cls, o: TestOutcome) -> FunctionalTestOut:
@@ -163,4 +174,6 @@ class FunctionalTestOut(BaseModel):
             n_clips=o.n_clips,
             image_sha256=o.image_sha256,
             created=o.created,
+            retries=o.retries,
+            provenance=None if o.provenance is None else ProvenanceOut.model_validate(o.provenance),
         )

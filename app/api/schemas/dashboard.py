@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.api.schemas.provenance import PROVENANCE_EXAMPLE
+
 MODELS_TESTED: Any = [
     {
         "model": "kws-bnn@1.0.0",
@@ -220,8 +222,10 @@ DIE_EXAMPLE: Any = {
         "accuracy_after": 0.852,
         "test_time_s": 0.801,
         "tested_at": "2026-03-02T08:06:20Z",
+        "site": 0,
         "signature_version": 1,
         "reads": 20540,
+        "retries": 1,
         "tester_s": 1.614,
         "n_dead_cols": 0,
         "n_stuck_cells": 4,
@@ -239,6 +243,8 @@ DIE_EXAMPLE: Any = {
         "n_stuck_cells": 4,
         "offset_spread_mac": 0.923,
         "created_at": "2026-03-02T08:06:00Z",
+        "retries": 1,
+        "provenance": PROVENANCE_EXAMPLE,
     },
     "signature_history": [
         {
@@ -251,6 +257,8 @@ DIE_EXAMPLE: Any = {
             "n_stuck_cells": 4,
             "offset_spread_mac": 0.923,
             "created_at": "2026-03-02T08:06:00Z",
+            "retries": 1,
+            "provenance": PROVENANCE_EXAMPLE,
         }
     ],
     "signature_detail": {
@@ -285,6 +293,7 @@ DIE_EXAMPLE: Any = {
             "content_sha256": "e92b306a1dcda331b6ca5e8d2bfb1451cacffe7c6de9d7049f11c320eacc78d7",
             "size_bytes": 65536,
             "created_at": "2026-03-02T08:06:05Z",
+            "provenance": PROVENANCE_EXAMPLE,
         }
     ],
     "tests": [
@@ -299,6 +308,9 @@ DIE_EXAMPLE: Any = {
             "color": "#f46d43",
             "test_time_s": 0.801,
             "created_at": "2026-03-02T08:06:10Z",
+            "retries": 0,
+            "provenance": PROVENANCE_EXAMPLE,
+            "reason": None,
         },
         {
             "model": "kws-bnn",
@@ -311,6 +323,9 @@ DIE_EXAMPLE: Any = {
             "color": "#1a9850",
             "test_time_s": 0.801,
             "created_at": "2026-03-02T08:06:20Z",
+            "retries": 0,
+            "provenance": PROVENANCE_EXAMPLE,
+            "reason": None,
         },
     ],
 }
@@ -348,10 +363,11 @@ JOB_EXAMPLE: Any = {
 }
 CSV_EXAMPLE = (
     "lot_id,wafer,x,y,ecid,model,soft_bin,hard_bin,passed,accuracy_before,accuracy_after,test_time_s,"
-    "tested_at,signature_version,reads,tester_s,n_dead_cols,n_stuck_cells,offset_spread_mac,characterized_at\n"
+    "tested_at,site,signature_version,reads,retries,tester_s,n_dead_cols,n_stuck_cells,offset_spread_mac,"
+    "characterized_at\n"
     "LOT0001,1,0,-3,LOT0001-W01-X+000Y-003,kws-bnn@1.0.0,2,1,True,0.2879329105324384,0.7335675283106033,0.839,"
-    "2026-03-02T08:01:20+00:00,1,21922,1.506,2,4,1.27919486198959,2026-03-02T08:01:00+00:00\n"
-    "LOT0001,1,-2,-2,LOT0001-W01-X-002Y-002,kws-bnn@1.0.0,,,,,,,,,,,,,,\n"
+    "2026-03-02T08:01:20+00:00,0,1,21922,0,1.506,2,4,1.27919486198959,2026-03-02T08:01:00+00:00\n"
+    "LOT0001,1,-2,-2,LOT0001-W01-X-002Y-002,kws-bnn@1.0.0,,,,,,,,,,,,,,,,\n"
 )
 
 E142_EXAMPLE = """<?xml version='1.0' encoding='UTF-8'?>

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas.common import with_example
+from app.api.schemas.provenance import ProvenanceOut
 from app.services.dies import DieView
 
 
@@ -22,6 +23,8 @@ class SignatureSummary(BaseModel):
     n_dead_cols: int
     n_stuck_cells: int
     offset_spread_mac: float
+    retries: int = Field(description="Driver calls repeated after a timeout or a lost contact.")
+    provenance: ProvenanceOut | None = Field(description="The tester that measured it (None: not recorded).")
     created_at: datetime
 
 

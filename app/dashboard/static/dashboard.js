@@ -533,6 +533,26 @@
     );
   }
 
+  // Which tester measured: "vendor model #serial, site N" (the site is the station's test-site index).
+  function testerLabel(p) {
+    return p ? `${p.vendor} ${p.model} #${p.serial}, site ${p.site}` : "not recorded";
+  }
+
+  function provenanceTable(p, retries) {
+    if (!p) return h("p", { class: "muted", id: "provenance" }, "Provenance not recorded (measured before it was).");
+    const rows = [
+      ["Driver", `${p.driver} ${p.driver_version}`],
+      ["Tester", `${p.vendor} ${p.model}`],
+      ["Serial", p.serial],
+      ["Test site", p.site],
+      ["Resource", p.resource || "—"],
+      ["Options SHA-256", h("code", { title: p.options_sha256 }, p.options_sha256.slice(0, 16) + "…")],
+      ["Station host", p.host],
+      ["Retried driver calls", retries],
+    ];
+    return table(["", ""], rows, { class: "compact kv", id: "provenance" });
+  }
+
   async function renderDie(ecid) {
     const r = await api(withModel(`/dashboard/dies/${enc(ecid)}`, pageModel()));
     const m = r.model;
@@ -545,10 +565,16 @@
     if (!sig) {
       sigBody = h("p", { class: "muted" }, "Not characterized yet.");
     } else {
-      const figures = table(
-        ["Version", "Reads", "Tester time", "Column offset spread", "Dead columns", "Stuck cells", "SHA-256", "Measured"],
-        [[sig.version, sig.reads, `${num(sig.tester_s, 3)} s`, `${num(sig.offset_spread_mac, 3)} MAC`, sig.n_dead_cols, sig.n_stuck_cells, h("code", {}, sig.sha256.slice(0, 16) + "…"), when(sig.created_at)]],
-        { class: "compact", id: "signature-figures" },
+      const figures = h(
+        "div",
+        {},
+        table(
+          ["Version", "Reads", "Retries", "Tester time", "Column offset spread", "Dead columns", "Stuck cells", "SHA-256", "Measured"],
+          [[sig.version, sig.reads, sig.retries, `${num(sig.tester_s, 3)} s`, `${num(sig.offset_spread_mac, 3)} MAC`, sig.n_dead_cols, sig.n_stuck_cells, h("code", {}, sig.sha256.slice(0, 16) + "…"), when(sig.created_at)]],
+          { class: "compact", id: "signature-figures" },
+        ),
+        h("h3", {}, "Measured by"),
+        provenanceTable(sig.provenance, sig.retries),
       );
       if (detail && !detail.error) {
         const gain = h("div", { id: "sig-gain" });
@@ -590,8 +616,8 @@
               "div",
               {},
               table(
-                ["Model", "Image", "Accuracy", "Soft bin", "Hard bin", "Test time", "When"],
-                r.tests.map((t) => [`${t.model} ${t.model_version}`, t.calibrated ? "calibrated" : "uncompensated", pct(t.accuracy_pct), chip(t.color, t.soft_bin), t.hard_bin, `${num(t.test_time_s, 3)} s`, when(t.created_at)]),
+                ["Model", "Image", "Accuracy", "Soft bin", "Hard bin", "Test time", "Tester", "Retries", "When"],
+                r.tests.map((t) => [`${t.model} ${t.model_version}`, t.calibrated ? "calibrated" : t.reason ? h("span", { title: t.reason }, "alarm") : "uncompensated", pct(t.accuracy_pct), chip(t.color, t.soft_bin), t.hard_bin, `${num(t.test_time_s, 3)} s`, testerLabel(t.provenance), t.retries, when(t.created_at)]),
                 { class: "compact", id: "tests" },
               ),
               testsPlot,
@@ -607,7 +633,7 @@
       section(
         "Signature history",
         r.signature_history.length
-          ? table(["Version", "Current", "Reads", "Tester time", "Offset spread", "Dead", "Stuck", "Measured"], r.signature_history.map((v) => [v.version, v.is_current ? "yes" : "", v.reads, `${num(v.tester_s, 3)} s`, `${num(v.offset_spread_mac, 3)} MAC`, v.n_dead_cols, v.n_stuck_cells, when(v.created_at)]), { class: "compact" })
+          ? table(["Version", "Current", "Reads", "Retries", "Tester time", "Offset spread", "Dead", "Stuck", "Tester", "Measured"], r.signature_history.map((v) => [v.version, v.is_current ? "yes" : "", v.reads, v.retries, `${num(v.tester_s, 3)} s`, `${num(v.offset_spread_mac, 3)} MAC`, v.n_dead_cols, v.n_stuck_cells, testerLabel(v.provenance), when(v.created_at)]), { class: "compact", id: "signature-history" })
           : h("p", { class: "muted" }, "None."),
       ),
     );

@@ -18,7 +18,7 @@ from typing import Any, cast
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session, defer
 
-from app.db.tables import Die, Image, Job, JobItem, Model, Signature, TestResult, Wafer
+from app.db.tables import Die, Image, Job, JobItem, Model, Provenance, Signature, TestResult, Wafer
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class DieSite:
     y: int
     signature_version: int | None
     reads: int | None
+    retries: int | None
     tester_s: float | None
     n_dead_cols: int | None
     n_stuck_cells: int | None
@@ -41,7 +42,8 @@ class DieSite:
 
 @dataclass(frozen=True)
 class LatestTest:
-    """The latest functional test of a die with one model, calibrated or not."""
+    """The latest functional test of a die with one model, calibrated or not; ``site``: the test site
+    that ran it (``None``: not recorded)."""
 
     test_id: int
     die_id: int
@@ -54,6 +56,7 @@ class LatestTest:
     soft_bin: int
     test_time_s: float
     created_at: datetime
+    site: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ def die_sites(
             Die.y,
             Signature.version,
             Signature.reads,
+            Signature.retries,
             Signature.tester_s,
             Signature.n_dead_cols,
             Signature.n_stuck_cells,
@@ -166,14 +170,16 @@ def latest_tests(
             TestResult.soft_bin,
             TestResult.test_time_s,
             TestResult.created_at,
+            Provenance.site,
         )
         .join(sub, sub.c.test_id == TestResult.id)
         .join(Model, Model.id == TestResult.model_id)
+        .outerjoin(Provenance, Provenance.id == TestResult.provenance_id)
         .where(sub.c.rank == 1)
         .order_by(TestResult.die_id, TestResult.created_at, TestResult.id)
     )
     return [
-        LatestTest(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10])
+        LatestTest(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10], r[11])
         for r in session.execute(stmt)
     ]
 
@@ -333,3 +339,19 @@ def images_for_die(session: Session, die_id: int) -> list[tuple[Image, str, str,
         .order_by(Image.created_at.desc(), Image.id.desc())
     )
     return [(i, name, version, sig) for i, name, version, sig in rows]
+
+
+def lot_testers(session: Session, lot_id: str, model_id: int) -> list[tuple[Provenance, int]]:
+    """The testers (provenance rows) that ran functional tests of the lot's dies with the model, with
+    the number of tests each ran, most first."""
+    n = func.count(TestResult.id)
+    rows = session.execute(
+        select(Provenance, n)
+        .join(TestResult, TestResult.provenance_id == Provenance.id)
+        .join(Die, Die.id == TestResult.die_id)
+        .join(Wafer, Wafer.id == Die.wafer_id)
+        .where(Wafer.lot_id == lot_id, TestResult.model_id == model_id)
+        .group_by(Provenance.id)
+        .order_by(n.desc(), Provenance.id)
+    )
+    return [(p, int(c)) for p, c in rows]

@@ -9,8 +9,10 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from app.db.repositories import dies as dies_repo
+from app.db.repositories import provenance as provenance_repo
 from app.db.repositories import reporting as repo
 from app.db.repositories import signatures as signatures_repo
+from app.db.tables import Provenance
 from app.errors import InvalidInputError, NotFoundError
 from app.exports.records import DieRow
 from app.services.reporting.bins import PASS_BINS, is_pass, soft_bin_color
@@ -22,7 +24,34 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class ProvenanceOut:
+    """The tester that measured: driver and version, the tester's identity, the station's test site,
+    its resource, the SHA-256 of the site's driver options, the station host."""
+
+    driver: str
+    driver_version: str
+    vendor: str
+    model: str
+    serial: str
+    site: int
+    resource: str | None
+    options_sha256: str
+    host: str
+
+
+def _provenance(rows: dict[int, Provenance], provenance_id: int | None) -> ProvenanceOut | None:
+    p = None if provenance_id is None else rows.get(provenance_id)
+    if p is None:
+        return None
+    return ProvenanceOut(
+        p.driver, p.driver_version, p.vendor, p.model, p.serial, p.site, p.resource, p.options_sha256, p.host
+    )
+
+
+@dataclass(frozen=True)
 class SignatureOut:
+    """``retries``: driver calls repeated after a timeout or a lost contact while measuring it."""
+
     version: int
     is_current: bool
     sha256: str
@@ -32,6 +61,8 @@ class SignatureOut:
     n_stuck_cells: int
     offset_spread_mac: float
     created_at: datetime
+    retries: int = 0
+    provenance: ProvenanceOut | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +124,7 @@ class ImageOut:
     content_sha256: str
     size_bytes: int
     created_at: datetime
+    provenance: ProvenanceOut | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +139,9 @@ class FunctionalTestOut:
     color: str
     test_time_s: float
     created_at: datetime
+    retries: int = 0
+    provenance: ProvenanceOut | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +184,14 @@ def die_report(session: Session, ecid: str, *, model: str | None = None) -> DieR
     if chosen is None:
         chosen = default_model(address.lot_id, mine or ranked, WhenSeveral.most_tested)
     current = signatures_repo.current(session, die.id)
+    signatures = signatures_repo.history(session, die.id)
+    image_rows = repo.images_for_die(session, die.id)
+    testers = provenance_repo.by_ids(
+        session,
+        [s.provenance_id for s in signatures]
+        + [t.provenance_id for t, _ in tested]
+        + [i.provenance_id for i, *_ in image_rows],
+    )
     history = [
         SignatureOut(
             s.version,
@@ -160,8 +203,10 @@ def die_report(session: Session, ecid: str, *, model: str | None = None) -> DieR
             s.n_stuck_cells,
             s.offset_spread_mac,
             s.created_at,
+            s.retries,
+            _provenance(testers, s.provenance_id),
         )
-        for s in signatures_repo.history(session, die.id)
+        for s in signatures
     ]
     (row,) = die_rows(session, address.lot_id, chosen, address.wafer, die_id=die.id)
     tests = [
@@ -176,12 +221,23 @@ def die_report(session: Session, ecid: str, *, model: str | None = None) -> DieR
             color=soft_bin_color(t.soft_bin),
             test_time_s=t.test_time_s,
             created_at=t.created_at,
+            retries=t.retries,
+            provenance=_provenance(testers, t.provenance_id),
+            reason=t.reason,
         )
         for t, m in tested
     ]
     images = [
-        ImageOut(name, version, sig_version, i.content_sha256, i.size_bytes, i.created_at)
-        for i, name, version, sig_version in repo.images_for_die(session, die.id)
+        ImageOut(
+            name,
+            version,
+            sig_version,
+            i.content_sha256,
+            i.size_bytes,
+            i.created_at,
+            _provenance(testers, i.provenance_id),
+        )
+        for i, name, version, sig_version in image_rows
     ]
     return DieReport(
         ecid=die.ecid,

@@ -14,6 +14,8 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from app.db.repositories import reporting as repo
+from app.db.tables import Provenance
 from app.errors import UnavailableError
 from app.exports import e142, stdf, tables
 from app.exports.records import (
@@ -22,6 +24,7 @@ from app.exports.records import (
     LotResult,
     ParametricTest,
     PartResult,
+    SiteDescription,
     WaferBinMap,
     WaferResult,
 )
@@ -65,6 +68,11 @@ def _ms(seconds: float | None) -> int:
     return 0 if seconds is None or not math.isfinite(seconds) else round(1000.0 * seconds)
 
 
+def stdf_site(site: int | None) -> int:
+    """The STDF SITE_NUM of a station test site: index + 1 (1 when not recorded)."""
+    return 1 if site is None else site + 1
+
+
 def _part(r: DieRow) -> PartResult:
     assert r.soft_bin is not None and r.hard_bin is not None
     values: list[tuple[ParametricTest, float | None]] = [
@@ -86,6 +94,7 @@ def _part(r: DieRow) -> PartResult:
         test_time_ms=_ms((r.tester_s or 0.0) + (r.test_time_s or 0.0)),
         results=tuple((t.number, v) for t, v in values if v is not None),
         text=r.model or "",
+        site=stdf_site(r.site),
     )
 
 
@@ -94,10 +103,47 @@ def _span(rows: Sequence[DieRow], default: datetime) -> tuple[datetime, datetime
     return (min(times), max(times)) if times else (default, default)
 
 
+@dataclass(frozen=True)
+class _Equipment:
+    """MIR tester fields and the SDR, from the recorded provenance (defaults: nothing recorded)."""
+
+    sites: SiteDescription
+    node_name: str = "cimcal"
+    tester_type: str = "cimcal"
+    serial_number: str = ""
+    setup_id: str = ""
+
+
+def _equipment(testers: Sequence[tuple[Provenance, int]], sites: Sequence[int]) -> _Equipment:
+    """The tester that ran most of the tests names the MIR (host, vendor and model, serial, options
+    hash); the SDR lists the parts' sites with the testers, resources and drivers behind them."""
+    numbers = tuple(sorted(set(sites))) or (stdf_site(None),)
+    on_sites = [p for p, _ in testers if stdf_site(p.site) in numbers]
+    resources = {stdf_site(p.site): p.resource for p in on_sites if p.resource}
+    description = SiteDescription(
+        site_numbers=numbers,
+        card_type=", ".join(sorted({f"{p.vendor} {p.model}" for p in on_sites})),
+        card_id=", ".join(f"{n}={r}" for n, r in sorted(resources.items())),
+        extra_type=", ".join(sorted({f"cimcal driver {p.driver}" for p in on_sites})),
+        extra_id=", ".join(sorted({p.driver_version for p in on_sites})),
+    )
+    if not testers:
+        return _Equipment(description)
+    main = testers[0][0]
+    return _Equipment(
+        description,
+        node_name=main.host,
+        tester_type=f"{main.vendor} {main.model}",
+        serial_number=main.serial,
+        setup_id=main.options_sha256,
+    )
+
+
 def lot_result(session: Session, lot_id: str, *, model: str | None = None, version: str = "") -> LotResult:
     """The lot's test data with one model as STDF records: every die with a functional-test result with
-    that model is a part. MIR ``JOB_NAM`` / ``JOB_REV`` are the model's name and version; ``version``
-    (the service's) is ``EXEC_VER``."""
+    that model is a part, on the site that tested it. MIR ``JOB_NAM`` / ``JOB_REV`` are the model's
+    name and version; ``version`` (the service's) is ``EXEC_VER``; the tester fields of the MIR and
+    the SDR come from the recorded provenance (:func:`_equipment`)."""
     return _lot_result(session, _scope(session, lot_id, model), version)
 
 
@@ -131,6 +177,9 @@ def _lot_result(session: Session, scope: LotScope, version: str) -> LotResult:
         if r.hard_bin is not None
     }
     chosen = scope.model
+    testers = [] if chosen is None else repo.lot_testers(session, lot_id, chosen.id)
+    parts = [p for w in wafers for p in w.parts]
+    equipment = _equipment(testers, [p.site for p in parts])
     return LotResult(
         lot_id=lot.lot_id,
         product=lot.product,
@@ -144,6 +193,11 @@ def _lot_result(session: Session, scope: LotScope, version: str) -> LotResult:
         job_name="cimcal" if chosen is None else chosen.name,
         job_rev=version if chosen is None else chosen.version,
         exec_ver=version,
+        node_name=equipment.node_name,
+        tester_type=equipment.tester_type,
+        serial_number=equipment.serial_number,
+        setup_id=equipment.setup_id,
+        sites=equipment.sites,
     )
 
 
