@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from limits import parse_many
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -83,6 +84,29 @@ class Settings(BaseSettings):
     auth_enabled: bool = True
     # When set, this key is registered as an admin key at start-up (first deployment, CI).
     bootstrap_admin_key: SecretStr | None = None
+
+    # The HTTP edge (app/api/edge.py, app/api/ratelimit.py). Request bodies other than model and
+    # dataset uploads (limited above) are refused with 413 past max_body_bytes.
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # What one request may ask for: a station's characterize budget (admins: the schema's maximum),
+    # the dies registered with one lot.
+    max_station_budget: int = Field(262_144, ge=1024)
+    max_lot_dies: int = Field(20_000, ge=1)
+    # Requests per API key (by its public prefix; per client IP without a key) and failed
+    # authentications per client IP, in the `limits` notation ("100/second;3000/minute"); 429 past them.
+    # memory:// counts per process; redis://... shares the counts between processes.
+    rate_limit_enabled: bool = True
+    rate_limit: str = "1000/second;30000/minute"
+    auth_failure_limit: str = "30/minute"
+    rate_limit_storage_uri: str = "memory://"
+    # Idempotency-Key records are replayed for this long, then ignored and purged.
+    idempotency_ttl_s: int = Field(24 * 3600, ge=1)
+
+    @field_validator("rate_limit", "auth_failure_limit")
+    @classmethod
+    def _rate_limit_notation(cls, v: str) -> str:
+        parse_many(v)  # ValueError names the part it cannot read
+        return v
 
     @field_validator("cache_dir", "image_store_dir")
     @classmethod

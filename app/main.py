@@ -4,17 +4,18 @@ error format ``{"error": {"code", "message", "details"}}``. Serve it with ``cimc
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import dashboard, health, v1_router
+from app.api import dashboard, health, ratelimit, v1_router
+from app.api.edge import EdgeGuard, error_response
 from app.config import Settings, get_settings
 from app.db import migrate
 from app.db.session import make_engine, make_session_factory, session_scope
@@ -39,13 +40,6 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
-
-
-def error_response(
-    status_code: int, code: str, message: str, details: Any = None, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details}}
-    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 async def _app_error(_: Request, exc: Exception) -> JSONResponse:
@@ -133,7 +127,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(
+    # Swagger UI and ReDoc from the fastapi-offline wheel: a test floor has no CDN.
+    app = FastAPIOffline(
         title="cimcal",
         version=health.VERSION,
         summary="Production-test station for computing-in-memory AI chips.",
@@ -143,12 +138,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "`viewer` reads; `station` characterizes, fetches images, runs functional tests; "
             "`engineer` manages models, lots and jobs; `admin` manages keys and may do everything.\n\n"
             'Every error has the body `{"error": {"code", "message", "details"}}`. '
-            "POSTs accept an `Idempotency-Key` header."
+            "POSTs accept an `Idempotency-Key` header; a replay of `POST /v1/keys` is 409 "
+            "`idempotency_secret_not_replayable` (the key itself is never stored).\n\n"
+            "Callers are rate-limited per API key (and per client address without one, and for failed "
+            "authentications): 429 `rate_limited` with `Retry-After`. Request bodies are limited to "
+            "1 MiB (uploads: their own limits); control characters are refused everywhere."
         ),
         lifespan=_lifespan,
     )
     app.state.settings = settings or get_settings()
+    app.state.limiter = ratelimit.build_limiter(app)
     _register_error_handlers(app)
+    # The last added runs first: rate limits answer before a body is read, the guard before any router.
+    app.add_middleware(EdgeGuard)
+    app.add_middleware(ratelimit.RateLimits)
     app.include_router(health.router)
     app.include_router(v1_router())
     app.include_router(dashboard.pages)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Path, Query
+from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import (
@@ -26,6 +27,8 @@ from app.api.schemas.chips import (
     ImageMeta,
 )
 from app.api.schemas.common import error_response_doc
+from app.db.tables import Role
+from app.errors import InvalidInputError
 from app.services import calibration
 
 router = APIRouter(tags=["chips"])
@@ -60,9 +63,23 @@ def characterize(
 ) -> JSONResponse:
     """Probe the die, measure its signature through the tester and make it the die's current one.
 
+    A station may ask for a `budget` of at most 262,144 read vectors (`CIMCAL_MAX_STATION_BUDGET`;
+    422 `budget_over_limit` beyond); an admin up to the schema's maximum.
+
     Returns the signature hash, what it cost (reads, tester seconds) and the defects found. The
     history of signatures is kept; exactly one is current. Retry-safe with `Idempotency-Key`.
     """
+
+    if (
+        body.budget is not None
+        and principal.role is Role.station
+        and body.budget > settings.max_station_budget
+    ):
+        raise InvalidInputError(
+            f"a station may ask for at most {settings.max_station_budget} read vectors per die",
+            code="budget_over_limit",
+            details={"budget": body.budget, "max": settings.max_station_budget, "role": principal.role.value},
+        )
 
     def action() -> CharacterizeOut:
         return CharacterizeOut.of(
@@ -92,24 +109,37 @@ def _image(
     return calibration.compensate_die(session, runtimes, store, ecid, model, actor=actor, write_db=factory)
 
 
-@router.get(
-    "/chips/{ecid}/image",
-    response_class=Response,
-    responses={
-        200: {
-            "content": {
-                "application/octet-stream": {
-                    "schema": {"type": "string", "format": "binary"},
-                    "example": "CIMCALWI... (binary weight image)",
-                }
-            },
-            "description": "The weight image (docs/weight-image.md)",
+IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "example": "CIMCALWI... (binary weight image)",
+            }
         },
-        304: {"description": "Not modified: the If-None-Match ETag is the current image"},
-        **HARDWARE_ERRORS,
+        "description": "The weight image (docs/weight-image.md); HEAD: its headers only",
     },
-)
+    304: {"description": "Not modified: If-None-Match names the current image (or is `*`)"},
+    **HARDWARE_ERRORS,
+}
+_ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"')
+
+
+def none_match(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 13.1.2: does ``If-None-Match`` match the current representation? ``*`` matches any,
+    else a list of entity tags compared weakly (``W/"x"`` matches ``"x"``)."""
+    if if_none_match is None:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    opaque = etag.removeprefix("W/")
+    return any(f'"{m.group(1)}"' == opaque for m in _ENTITY_TAG.finditer(if_none_match))
+
+
+@router.get("/chips/{ecid}/image", response_class=Response, responses=IMAGE_RESPONSES)
+@router.head("/chips/{ecid}/image", response_class=Response, responses=IMAGE_RESPONSES)
 def get_image(
+    request: Request,
     ecid: EcidPath,
     model: ModelQuery,
     session: SessionDep,
@@ -117,18 +147,25 @@ def get_image(
     principal: StationAccess,
     runtimes: RuntimesDep,
     store: ImageStoreDep,
-    if_none_match: Annotated[str | None, Header()] = None,
+    if_none_match: Annotated[
+        str | None,
+        Header(max_length=8192, description='ETags from earlier downloads (`"<sha256>"`, `W/"..."`, `*`).'),
+    ] = None,
 ) -> Response:
     """The die's compensated weight image for a model, computed from its current signature on the first
     request and then served from the content-addressed store: the same request returns the same bytes.
-    `ETag` is the image's SHA-256; send it back in `If-None-Match` to get 304."""
+    `ETag` is the image's SHA-256; send it back in `If-None-Match` to get 304 (weak comparison, a list
+    of tags, or `*`). `HEAD` answers the same headers without the body."""
     outcome = _image(session, factory, runtimes, store, ecid, model, principal.actor)
     etag = f'"{outcome.content_sha256}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=0, must-revalidate"}
-    if if_none_match is not None and etag in {t.strip() for t in if_none_match.split(",")} | {"*"}:
+    if none_match(if_none_match, etag):
         return Response(status_code=304, headers=headers)
-    data = calibration.image_bytes(store, outcome)
     headers["Content-Disposition"] = f'attachment; filename="{ecid}_{model.replace("@", "_")}.cimg"'
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(outcome.size_bytes)
+        return Response(media_type="application/octet-stream", headers=headers)
+    data = calibration.image_bytes(store, outcome)
     return Response(data, media_type="application/octet-stream", headers=headers)
 
 

@@ -7,14 +7,16 @@ The assets are served by the app itself (no CDN): the pages, script and style fr
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse, HTMLResponse
 
 from app.api.deps import ModelFilter, PageDep, ReadAccess, SessionDep
+from app.api.edge import security_headers
 from app.api.schemas import dashboard as examples
-from app.api.schemas.common import NOT_FOUND, error_response_doc
+from app.api.schemas.common import INT32_MAX, NOT_FOUND, error_response_doc
 from app.dashboard import assets
 from app.errors import NotFoundError
 from app.services.reporting.dies import DieReport, die_report
@@ -28,7 +30,8 @@ pages = APIRouter(prefix="/dashboard", include_in_schema=False)
 LotIdPath = Annotated[str, Path(max_length=32, examples=["LOT0001"])]
 WaferPath = Annotated[int, Path(ge=1, le=99, examples=[1])]
 EcidPath = Annotated[str, Path(max_length=64, examples=["LOT0001-W01-X+001Y+000"])]
-JobIdPath = Annotated[int, Path(ge=1, examples=[1])]
+JobIdPath = Annotated[int, Path(ge=1, le=INT32_MAX, examples=[1])]
+MAX_WAFER_DIES = 20_000  # every die of a wafer of the largest lot (max_lot_dies) in one response
 
 Responses = dict[int | str, dict[str, Any]]
 MODEL_NOT_FOUND: Responses = {
@@ -58,11 +61,21 @@ def lot(lot_id: LotIdPath, session: SessionDep, _: ReadAccess, model: ModelFilte
 
 @router.get("/lots/{lot_id}/wafers/{number}", responses=_ok(examples.WAFER_EXAMPLE, MODEL_NOT_FOUND))
 def wafer(
-    lot_id: LotIdPath, number: WaferPath, session: SessionDep, _: ReadAccess, model: ModelFilter = None
+    lot_id: LotIdPath,
+    number: WaferPath,
+    session: SessionDep,
+    _: ReadAccess,
+    model: ModelFilter = None,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_WAFER_DIES, description="Dies in this response.")
+    ] = MAX_WAFER_DIES,
+    offset: Annotated[int, Query(ge=0, le=INT32_MAX, description="Dies to skip.")] = 0,
 ) -> WaferReport:
-    """Every die of the wafer with its soft bin, colour and parametric values with `model` (omitted: as
-    for the lot)."""
-    return wafer_report(session, lot_id, number, model=model)
+    """The dies of the wafer (`limit` from `offset`, in (y, x) order; `n_sites` counts them all) with
+    their soft bin, colour and parametric values with `model` (omitted: as for the lot). The counts,
+    legend and frame are of the whole wafer."""
+    report = wafer_report(session, lot_id, number, model=model)
+    return dataclasses.replace(report, dies=report.dies[offset : offset + limit])
 
 
 @router.get("/dies/{ecid}", responses=_ok(examples.DIE_EXAMPLE, MODEL_NOT_FOUND))
@@ -89,7 +102,7 @@ def job(job_id: JobIdPath, session: SessionDep, _: ReadAccess) -> JobReport:
 
 # ------------------------------------------------------------------------------------------ pages
 def _shell() -> HTMLResponse:
-    return HTMLResponse(assets.shell_html(), headers={"Cache-Control": "no-cache"})
+    return HTMLResponse(assets.shell_html(), headers={"Cache-Control": "no-cache", **security_headers()})
 
 
 @pages.get("", response_class=HTMLResponse)
@@ -112,4 +125,8 @@ def static(name: str) -> FileResponse:
     path = assets.static_file(name)
     if path is None:
         raise NotFoundError(f"no dashboard asset {name!r}")
-    return FileResponse(path, media_type=assets.media_type(name), headers={"Cache-Control": "max-age=3600"})
+    return FileResponse(
+        path,
+        media_type=assets.media_type(name),
+        headers={"Cache-Control": "max-age=3600", **security_headers()},
+    )

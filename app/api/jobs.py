@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.deps import EngineerAccess, PageDep, ReadAccess, SessionDep
 from app.api.idempotency import IdempotencyDep
-from app.api.schemas.common import NOT_FOUND, Page, error_response_doc
+from app.api.schemas.common import INT32_MAX, NOT_FOUND, Page, error_response_doc
 from app.api.schemas.jobs import CalibrateIn, JobOut, JobProgressOut
 from app.db.tables import JobState
 from app.jobs.runner import JobRunner
@@ -18,7 +18,7 @@ from app.services import jobs
 router = APIRouter(tags=["jobs"])
 
 LotIdPath = Annotated[str, Path(max_length=32, examples=["LOT0001"])]
-JobIdPath = Annotated[int, Path(ge=1, examples=[12])]
+JobIdPath = Annotated[int, Path(ge=1, le=INT32_MAX, examples=[12])]
 JOB_FINISHED: dict[int | str, dict[str, Any]] = {
     409: error_response_doc("The job already ended", "job_finished", "job 12 is already succeeded")
 }

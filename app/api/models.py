@@ -13,10 +13,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from app.api.deps import EngineerAccess, PageDep, ReadAccess, SessionDep, SettingsDep
+from app.api.edge import INVALID_CHARACTERS_MESSAGE, control_char_locations, invalid_characters_details
 from app.api.idempotency import IdempotencyDep
 from app.api.schemas.common import CONFLICT, NOT_FOUND, Page, error_response_doc
 from app.api.schemas.models import NAME_PATTERN, ModelOut
 from app.api.uploads import read_file_upload
+from app.errors import InvalidInputError
 from app.nn.network import DATASET_REF_RE
 from app.services import models
 
@@ -65,6 +67,11 @@ def _onnx_meta(fields: dict[str, str | None]) -> OnnxMeta:
             raise RequestValidationError(
                 [{"loc": ("body", k), "msg": f"not valid JSON: {e}", "type": "json_invalid"}]
             ) from e
+        bad = next(control_char_locations(values[k], ["body", k]), None)
+        if bad is not None:
+            raise InvalidInputError(
+                INVALID_CHARACTERS_MESSAGE, code="invalid_characters", details=invalid_characters_details(bad)
+            )
     try:
         return OnnxMeta.model_validate(values)
     except ValidationError as e:

@@ -10,6 +10,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.types import Message
 
+from app.api.edge import INVALID_CHARACTERS_MESSAGE, has_control_chars, invalid_characters_details
 from app.errors import InvalidInputError, PayloadTooLargeError, UnsupportedMediaTypeError
 
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # room for the boundaries and the small form fields
@@ -38,6 +39,20 @@ async def read_capped(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _refuse_control_chars(fields: dict[str, str | None]) -> None:
+    """Form fields are names, numbers or JSON texts: line breaks and tabs may lay out JSON, nothing else
+    below U+0020 (the JSON values themselves are checked once parsed)."""
+    for name, value in fields.items():
+        if value is not None and has_control_chars(
+            value.replace("\n", "").replace("\r", "").replace("\t", "")
+        ):
+            raise InvalidInputError(
+                INVALID_CHARACTERS_MESSAGE,
+                code="invalid_characters",
+                details=invalid_characters_details(["body", name]),
+            )
+
+
 async def read_file_upload(
     request: Request,
     limit: int,
@@ -58,9 +73,9 @@ async def read_file_upload(
                 raise InvalidInputError("multipart upload without a 'file' part", code="validation_error")
             data = await file.read()
             values = {k: form.get(k) for k in field_names}
-            fields: dict[str, str | None] | None = {
-                k: v if isinstance(v, str) else None for k, v in values.items()
-            }
+            form_fields = {k: v if isinstance(v, str) else None for k, v in values.items()}
+            _refuse_control_chars(form_fields)
+            fields: dict[str, str | None] | None = form_fields
             part_type = (file.content_type or "application/octet-stream").split(";")[0].strip().lower()
     elif media_type in raw_types:
         data = await read_capped(request, limit)

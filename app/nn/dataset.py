@@ -172,7 +172,7 @@ def _features(f: Any) -> FeatureSpec | None:
 
 def validate_dataset(ds: Dataset) -> None:
     """Check bounds and consistency; raises :class:`DatasetFormatError`."""
-    if not NAME_RE.match(ds.name) or not NAME_RE.match(ds.version) or len(ds.version) > 32:
+    if not NAME_RE.fullmatch(ds.name) or not NAME_RE.fullmatch(ds.version) or len(ds.version) > 32:
         raise DatasetFormatError("name (1-64) and version (1-32) must be characters of [A-Za-z0-9_.-]")
     if ds.role not in DATASET_ROLES:
         raise DatasetFormatError(f"role must be one of {list(DATASET_ROLES)}, got {ds.role!r}")

@@ -81,6 +81,8 @@ def ensure_key(session: Session, *, raw_key: str, role: Role, name: str) -> None
 def authenticate(session: Session, raw_key: str | None) -> Principal:
     if not raw_key:
         raise AuthenticationError("missing API key: send it in the X-API-Key header")
+    if not (raw_key.isascii() and raw_key.isprintable()):  # keys are printable ASCII; NUL breaks SQL
+        raise AuthenticationError("invalid API key")
     row = api_keys.get_by_prefix(session, raw_key[:PREFIX_LEN])
     # compare_digest even on a miss would not hide much: the prefix is public by design.
     if row is None or not hmac.compare_digest(row.key_sha256, hash_key(raw_key)):
@@ -102,7 +104,14 @@ def authorize(principal: Principal, allowed: frozenset[Role]) -> Principal:
 
 
 def list_keys(session: Session, *, include_revoked: bool = False) -> list[ApiKey]:
-    return api_keys.list_all(session, include_revoked=include_revoked)
+    return api_keys.list_page(session, include_revoked=include_revoked, limit=None, offset=0)[0]
+
+
+def page_keys(
+    session: Session, *, include_revoked: bool, limit: int, offset: int
+) -> tuple[list[ApiKey], int]:
+    """One page of keys, oldest first, and how many there are."""
+    return api_keys.list_page(session, include_revoked=include_revoked, limit=limit, offset=offset)
 
 
 def revoke_key(session: Session, *, prefix: str, actor: str) -> ApiKey:

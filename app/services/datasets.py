@@ -26,7 +26,7 @@ KWS_GENERATOR_VERSION = "1"
 
 
 def parse_dataset_ref(ref: str) -> tuple[str, str]:
-    m = DATASET_REF_RE.match(ref)
+    m = DATASET_REF_RE.fullmatch(ref)
     if m is None:
         raise InvalidInputError(
             f"dataset reference {ref!r}: expected name@version", code="invalid_dataset_ref"

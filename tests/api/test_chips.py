@@ -193,6 +193,37 @@ def test_image_is_computed_once_and_served_by_hash(
     assert _count(session_factory, select(func.count()).select_from(Image)) == 2
 
 
+def test_image_conditional_requests_and_head(
+    client: TestClient, as_role: Headers, lot: object, model: str
+) -> None:
+    h = as_role("station")
+    _characterize(client, as_role)
+    url, params = f"/v1/chips/{ECID}/image", {"model": model}
+    full = client.get(url, params=params, headers=h)
+    etag = full.headers["etag"]
+    opaque = etag.strip('"')
+
+    def status(if_none_match: str) -> int:
+        r = client.get(url, params=params, headers={**h, "If-None-Match": if_none_match})
+        if r.status_code == 304:
+            assert r.content == b"" and r.headers["etag"] == etag
+        return r.status_code
+
+    # RFC 9110 13.1.2: weak comparison, any tag of a list, and "*" for any current representation.
+    assert status(etag) == status(f"W/{etag}") == status("*") == 304
+    assert status(f'"other", W/"x,y", {etag}') == status(f'W/"other",W/"{opaque}"') == 304
+    assert status('"other"') == status(opaque) == status(f'"{opaque[:-1]}"') == status("W/") == 200
+    # HEAD: the same headers as GET, no body.
+    head = client.head(url, params=params, headers=h)
+    assert head.status_code == 200 and head.content == b""
+    for name in ("etag", "content-type", "content-disposition", "cache-control"):
+        assert head.headers[name] == full.headers[name], name
+    assert int(head.headers["content-length"]) == len(full.content)
+    r = client.head(url, params=params, headers={**h, "If-None-Match": "*"})
+    assert r.status_code == 304 and r.headers["etag"] == etag
+    assert client.head(url, params={"model": "nope@1"}, headers=h).status_code == 404
+
+
 def test_image_errors(client: TestClient, as_role: Headers, lot: object, model: str) -> None:
     h = as_role("station")
     _characterize(client, as_role)

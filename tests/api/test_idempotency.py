@@ -6,7 +6,10 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
+import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from sqlalchemy import func, select
@@ -15,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.idempotency import REPLAYED_HEADER, Idempotency
 from app.db.session import session_scope
 from app.db.tables import AuditEvent, Die, IdempotencyRecord, Lot, Role
+from app.services import idempotency as idempotency_service
 from tests.api.helpers import assert_error, lot_body
 
 Headers = Callable[[Role], dict[str, str]]
@@ -100,3 +104,69 @@ def test_concurrent_requests_with_one_key_run_the_action_once(session_factory: s
     assert calls == 1
     assert {(status, body) for status, body, _ in results} == {(201, b'{"n":1}')}
     assert sorted(replayed for *_, replayed in results) == [False, True, True, True]
+
+
+def test_a_created_key_is_never_stored_nor_replayed(
+    client: TestClient, as_role: Headers, session_factory: sessionmaker[Session]
+) -> None:
+    headers = {**as_role(Role.admin), "Idempotency-Key": "new-station-key"}
+    body = {"role": "station", "name": "tester-07"}
+    first = client.post("/v1/keys", json=body, headers=headers)
+    assert first.status_code == 201
+    created = first.json()
+    with session_scope(session_factory) as s:
+        (stored,) = s.scalars(select(IdempotencyRecord.response_body)).all()
+    assert created["key"] not in str(stored) and stored == {k: v for k, v in created.items() if k != "key"}
+
+    again = client.post("/v1/keys", json=body, headers=headers)
+    error = assert_error(again, 409, "idempotency_secret_not_replayable")
+    assert created["key"] not in again.text
+    assert error["details"] == {"status_code": 201, "response": stored}
+    # Still so once the key is revoked; the key created first is the only one.
+    client.delete(f"/v1/keys/{created['prefix']}", headers=as_role(Role.admin))
+    assert_error(
+        client.post("/v1/keys", json=body, headers=headers), 409, "idempotency_secret_not_replayable"
+    )
+    listed = client.get("/v1/keys", params={"include_revoked": True}, headers=as_role(Role.admin)).json()
+    assert [k["name"] for k in listed["items"]].count("tester-07") == 1
+
+
+def _age_records(session_factory: sessionmaker[Session], seconds: float) -> None:
+    with session_scope(session_factory) as s:
+        for record in s.scalars(select(IdempotencyRecord)):
+            record.created_at -= timedelta(seconds=seconds)
+
+
+def test_records_expire_after_the_ttl(
+    app: FastAPI, client: TestClient, as_role: Headers, session_factory: sessionmaker[Session]
+) -> None:
+    app.state.settings = app.state.settings.model_copy(update={"idempotency_ttl_s": 3600})
+    headers = {**as_role(Role.engineer), "Idempotency-Key": "daily-lot"}
+    assert client.post("/v1/lots", json=lot_body("LOTA"), headers=headers).status_code == 201
+    _age_records(session_factory, 3599)
+    assert client.post("/v1/lots", json=lot_body("LOTA"), headers=headers).headers[REPLAYED_HEADER] == "true"
+    _age_records(session_factory, 2)
+    # Expired: the key starts a new request, even with another body, and is stored afresh.
+    r = client.post("/v1/lots", json=lot_body("LOTB"), headers=headers)
+    assert r.status_code == 201 and REPLAYED_HEADER not in r.headers
+    assert client.post("/v1/lots", json=lot_body("LOTB"), headers=headers).headers[REPLAYED_HEADER] == "true"
+    assert _count(session_factory, IdempotencyRecord) == 1
+
+
+def test_expired_records_are_purged(
+    app: FastAPI,
+    client: TestClient,
+    as_role: Headers,
+    session_factory: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app.state.settings = app.state.settings.model_copy(update={"idempotency_ttl_s": 60})
+    for i in range(3):
+        h = {**as_role(Role.engineer), "Idempotency-Key": f"k{i}"}
+        assert client.post("/v1/lots", json=lot_body(f"LOT{i}"), headers=h).status_code == 201
+    _age_records(session_factory, 61)
+    monkeypatch.setattr(idempotency_service, "_last_purge", -float("inf"))
+    h = {**as_role(Role.engineer), "Idempotency-Key": "fresh"}
+    assert client.post("/v1/lots", json=lot_body("LOT9"), headers=h).status_code == 201
+    with session_scope(session_factory) as s:
+        assert s.scalars(select(IdempotencyRecord.key)).all() == ["fresh"]

@@ -30,7 +30,7 @@ def test_create_use_list_and_revoke_a_key(
     assert client.get("/v1/dies", headers=station).status_code == 200
     assert_error(client.get("/v1/keys", headers=station), 403, "forbidden")
 
-    listed = client.get("/v1/keys", headers=admin).json()
+    listed = client.get("/v1/keys", headers=admin).json()["items"]
     assert {k["prefix"] for k in listed} == {prefix} | {
         k[:12] for k in (as_role(r)["X-API-Key"] for r in Role)
     }
@@ -39,8 +39,8 @@ def test_create_use_list_and_revoke_a_key(
     revoked = client.delete(f"/v1/keys/{prefix}", headers=admin)
     assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
     assert client.delete(f"/v1/keys/{prefix}", headers=admin).json() == revoked.json()  # harmless twice
-    assert prefix not in {k["prefix"] for k in client.get("/v1/keys", headers=admin).json()}
-    with_revoked = client.get("/v1/keys", params={"include_revoked": True}, headers=admin).json()
+    assert prefix not in {k["prefix"] for k in client.get("/v1/keys", headers=admin).json()["items"]}
+    with_revoked = client.get("/v1/keys", params={"include_revoked": True}, headers=admin).json()["items"]
     assert prefix in {k["prefix"] for k in with_revoked}
     assert_error(client.get("/v1/dies", headers=station), 401, "api_key_revoked")
 

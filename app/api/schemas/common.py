@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 T = TypeVar("T")
 
+INT32_MAX = 2**31 - 1
+"""The largest id (the tables' integer keys are 32-bit on PostgreSQL) and the largest offset."""
+
 
 def with_example(example: dict[str, Any], **config: Any) -> ConfigDict:
     """``model_config`` carrying one OpenAPI example for the schema."""
@@ -82,6 +85,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
                 "type": "less_than_equal",
             }
         ],
+    ),
+    429: error_response_doc(
+        "Too many requests from this API key (or address); retry after `Retry-After` seconds",
+        "rate_limited",
+        "rate limit of 1000 per 1 second exceeded; retry later",
+        {"limit": "1000 per 1 second", "retry_after_s": 1},
     ),
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.tables import ApiKey
@@ -18,8 +18,12 @@ def add(session: Session, key: ApiKey) -> ApiKey:
     return key
 
 
-def list_all(session: Session, *, include_revoked: bool) -> list[ApiKey]:
-    stmt = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+def list_page(
+    session: Session, *, include_revoked: bool, limit: int | None, offset: int
+) -> tuple[list[ApiKey], int]:
+    stmt = select(ApiKey)
     if not include_revoked:
         stmt = stmt.where(ApiKey.revoked_at.is_(None))
-    return list(session.scalars(stmt))
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    page = stmt.order_by(ApiKey.created_at, ApiKey.id).limit(limit).offset(offset)
+    return list(session.scalars(page)), total
