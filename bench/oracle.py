@@ -7,11 +7,13 @@ the simulator's truth). It gives the upper bound of the compensation algorithm: 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from app.calibration.signature import Signature, StuckCells
-from hardware.driver import DieAddress
-from hardware.sim.driver import FleetConfig
+from hardware.driver import DieAddress, Driver
+from hardware.sim.driver import FleetConfig, SimulatedDriver
 from hardware.sim.oracle import oracle_die_truth
 
 
@@ -42,3 +44,20 @@ def oracle_signature(config: FleetConfig, address: DieAddress) -> Signature:
         cell_error=truth.cell_error,
         meta={"source": "ORACLE"},
     )
+
+
+OracleSignature = Callable[[DieAddress], Signature]
+
+
+def oracle_for(driver: Driver) -> OracleSignature | None:
+    """ORACLE: the exact signatures of the dies behind ``driver``, where the driver offers them.
+
+    The built-in simulator does (its hidden truth); a vendor's simulator offers one with a method
+    ``oracle_signature(address) -> app.calibration.signature.Signature``; a real tester has none, and
+    the benchmark then reports no ORACLE column.
+    """
+    if isinstance(driver, SimulatedDriver):
+        config = driver.fleet.config
+        return lambda address: oracle_signature(config, address)
+    offered = getattr(driver, "oracle_signature", None)
+    return offered if callable(offered) else None

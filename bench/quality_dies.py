@@ -1,19 +1,21 @@
-"""What the quality benchmark does to one simulated die, in worker processes.
+"""What the quality benchmark does to one die, in worker processes.
 
 Each worker holds the benchmark's model and labelled inputs (:class:`~bench.quality_data.BenchData`)
-and runs one task per die: every method's image programmed and functionally tested
-(:func:`die_task`), one characterization budget (:func:`budget_task`), or the compensation
-variants of the ablation (:func:`ablation_task`).
+and the driver the dies are measured on (:class:`DriverSpec`: any registered driver, the simulated
+fleet by default), and runs one task per die: every method's image programmed and functionally
+tested (:func:`die_task`), one characterization budget (:func:`budget_task`), or the compensation
+variants of the ablation (:func:`ablation_task`). The ORACLE method runs only where the driver
+offers an oracle (:func:`bench.oracle.oracle_for`).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from typing import Any
 
@@ -29,29 +31,86 @@ from app.calibration.characterize import characterize
 from app.calibration.compensate import CompensationConfig
 from app.calibration.functional import functional_test
 from app.calibration.pipeline import ModelContext, compensate
-from bench.oracle import oracle_signature
+from bench.oracle import oracle_for
 from bench.quality_data import BenchData
 from hardware.chip import encode_image
-from hardware.driver import DieAddress
-from hardware.sim.driver import SimulatedDriver
+from hardware.driver import DieAddress, Driver
+from hardware.registry import create_driver, driver_class, driver_version, validate_options
 
 FLEET_SEED = 2022
 FAST = CompensationConfig(use_cell_error=False, replicas=1)
+SIMULATED = "simulated"
 
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(data: BenchData) -> None:
+@dataclass(frozen=True)
+class DriverSpec:
+    """The driver the benchmark's dies are measured on: a registered driver, its options, and the
+    option a benchmark *scale* sets (``variation_scale`` on the simulated fleet; ``None``: the driver
+    runs with its options as given and the benchmark has one row).
+
+    Every die gets its own read-noise seed where the driver's ``Options`` have a ``noise_seed`` (and
+    the options do not fix one), and the simulated fleet the benchmark's seed (``FLEET_SEED``).
+    """
+
+    name: str = SIMULATED
+    options: Mapping[str, Any] = field(default_factory=dict)
+    scale_option: str | None = "variation_scale"
+
+    def __post_init__(self) -> None:
+        fields = driver_class(self.name).Options.model_fields
+        if self.scale_option is not None and self.scale_option not in fields:
+            raise ValueError(
+                f"driver {self.name!r} has no option {self.scale_option!r} to scale; its options: {sorted(fields)}"
+            )
+        validate_options(self.name, self.options, source="--driver-options")
+
+    @property
+    def has_scales(self) -> bool:
+        return self.scale_option is not None
+
+    def die_options(self, scale: float | None, die: int) -> dict[str, Any]:
+        fields = driver_class(self.name).Options.model_fields
+        opts = dict(self.options)
+        if self.name == SIMULATED:
+            opts.setdefault("fleet_seed", FLEET_SEED)
+        if self.scale_option is not None and scale is not None:
+            opts[self.scale_option] = scale
+        if "noise_seed" in fields and opts.get("noise_seed") is None:
+            opts["noise_seed"] = 1000 + die
+        if "default_timeout_s" in fields:
+            opts.setdefault("default_timeout_s", 3600.0)
+        return opts
+
+    def build(self, scale: float | None, die: int) -> Driver:
+        """A connected driver for die ``die`` of the row at ``scale``."""
+        return create_driver(self.name, self.die_options(scale, die)).connect()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": driver_version(self.name),
+            "options": dict(self.options),
+            "scale_option": self.scale_option,
+        }
+
+
+def _init_worker(data: BenchData, spec: DriverSpec) -> None:
     import torch
 
     torch.set_num_threads(1)
     _STATE["data"] = data
+    _STATE["spec"] = spec
     _STATE["ctx"] = ModelContext.from_bytes(data.stats_bytes, data.program)
 
 
 @contextmanager
-def worker_pool(data: BenchData, workers: int) -> Iterator[ProcessPoolExecutor]:
-    """Worker processes (spawned, single-threaded BLAS and torch) holding the model and the inputs."""
+def worker_pool(
+    data: BenchData, workers: int, spec: DriverSpec | None = None
+) -> Iterator[ProcessPoolExecutor]:
+    """Worker processes (spawned, single-threaded BLAS and torch) holding the model, the inputs and
+    the driver spec (spawned workers inherit ``sys.path``, so a plugin found here is found there)."""
     env_keys = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
     saved = {k: os.environ.get(k) for k in env_keys}
     os.environ.update(dict.fromkeys(env_keys, "1"))  # inherited by the spawned workers
@@ -60,7 +119,7 @@ def worker_pool(data: BenchData, workers: int) -> Iterator[ProcessPoolExecutor]:
             max_workers=max(1, workers),
             mp_context=get_context("spawn"),
             initializer=_init_worker,
-            initargs=(data,),
+            initargs=(data, spec or DriverSpec()),
         ) as pool:
             yield pool
     finally:
@@ -77,19 +136,20 @@ def die_address(scale_index: int, die: int) -> DieAddress:
     return DieAddress(f"QB{scale_index:02d}", 1 + die // 50, int(ring[0]), int(ring[1]))
 
 
-def die_driver(scale: float, die: int) -> SimulatedDriver:
-    return SimulatedDriver(
-        variation_scale=scale, fleet_seed=FLEET_SEED, noise_seed=1000 + die, default_timeout_s=3600.0
-    ).connect()
+def die_driver(scale: float | None, die: int, spec: DriverSpec | None = None) -> Driver:
+    """A connected driver for die ``die`` of the row at ``scale`` (the worker's spec by default)."""
+    chosen = spec or _STATE.get("spec") or DriverSpec()
+    assert isinstance(chosen, DriverSpec)
+    return chosen.build(scale, die)
 
 
-def _accuracy(drv: SimulatedDriver, blob: bytes) -> tuple[float, float]:
+def _accuracy(drv: Driver, blob: bytes) -> tuple[float, float]:
     data: BenchData = _STATE["data"]
     res = functional_test(drv, blob, data.test_x, data.test_y)
     return res.accuracy, res.tester_s
 
 
-def die_task(scale_index: int, scale: float, die: int, finetune_evals: int) -> dict[str, Any]:
+def die_task(scale_index: int, scale: float | None, die: int, finetune_evals: int) -> dict[str, Any]:
     data: BenchData = _STATE["data"]
     ctx: ModelContext = _STATE["ctx"]
     addr = die_address(scale_index, die)
@@ -128,8 +188,10 @@ def die_task(scale_index: int, scale: float, die: int, finetune_evals: int) -> d
     fast = compensate(ctx, sig, addr.ecid, config=FAST)
     rec["cimcal_fast"], _ = _accuracy(drv, fast.image_bytes)
     rec["compensate_fast_s"] = fast.compute_s
-    orc = compensate(ctx, oracle_signature(drv.fleet.config, addr), addr.ecid)  # ORACLE
-    rec["oracle"], _ = _accuracy(drv, orc.image_bytes)
+    oracle = oracle_for(drv)
+    if oracle is not None:
+        orc = compensate(ctx, oracle(addr), addr.ecid)  # ORACLE
+        rec["oracle"], _ = _accuracy(drv, orc.image_bytes)
     if finetune_evals > 0:
         ft = finetune_thresholds(
             drv,
@@ -147,7 +209,7 @@ def die_task(scale_index: int, scale: float, die: int, finetune_evals: int) -> d
     return rec
 
 
-def budget_task(scale_index: int, scale: float, die: int, budget: int) -> dict[str, Any]:
+def budget_task(scale_index: int, scale: float | None, die: int, budget: int) -> dict[str, Any]:
     ctx: ModelContext = _STATE["ctx"]
     addr = die_address(scale_index, die)
     drv = die_driver(scale, die)
@@ -179,7 +241,7 @@ ABLATIONS: dict[str, CompensationConfig] = {
 }
 
 
-def ablation_task(scale_index: int, scale: float, die: int) -> dict[str, Any]:
+def ablation_task(scale_index: int, scale: float | None, die: int) -> dict[str, Any]:
     from app.calibration.characterize import CharacterizationConfig
     from app.calibration.evaluate import measured_layer_agreement
 

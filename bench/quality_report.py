@@ -2,12 +2,16 @@
 docs/quality.md, and the figure.
 
 docs/quality.md holds one section per model, each between ``<!-- bench.quality: MODEL -->`` and
-``<!-- /bench.quality: MODEL -->``; :func:`write_markdown` replaces its model's section and keeps
-the others (and any text outside the sections).
+``<!-- /bench.quality: MODEL -->`` (``MODEL on DRIVER`` for a driver other than the simulated
+fleet); :func:`write_markdown` replaces its section and keeps the others (and any text outside the
+sections). A row is one variation scale, or the driver's one configuration when no option is
+scaled (``scale`` None); methods a run did not measure (the ORACLE on a driver without an oracle)
+have no column.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,14 +41,28 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(a.mean()), "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
 
 
+def _scale_key(scale: float | None) -> tuple[bool, float]:
+    return (scale is None, 0.0 if scale is None else float(scale))
+
+
+def scale_label(scale: float | None) -> str:
+    return "-" if scale is None else f"{scale:g}"
+
+
+def methods_of(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The methods every row measured, in :data:`METHODS` order."""
+    return [m for m in METHODS if rows and all(m in r for r in rows)]
+
+
 def summarize(records: list[dict[str, Any]], ideal: float) -> list[dict[str, Any]]:
     """One row per scale: accuracy statistics per method, costs per die."""
     rows = []
-    for scale in sorted({r["scale"] for r in records}):
+    for scale in sorted({r["scale"] for r in records}, key=_scale_key):
         rs = [r for r in records if r["scale"] == scale]
         row: dict[str, Any] = {"scale": scale, "dies": len(rs), "ideal": {"mean": ideal, "min": ideal}}
         for m in METHODS:
-            row[m] = _stats([r[m] for r in rs])
+            if all(m in r for r in rs):
+                row[m] = _stats([r[m] for r in rs])
         ft = [r for r in rs if "finetune" in r]
         if ft:
             row["finetune"] = _stats([r["finetune"] for r in ft])
@@ -79,13 +97,19 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def _markers(model: str) -> tuple[str, str]:
-    return f"<!-- bench.quality: {model} -->", f"<!-- /bench.quality: {model} -->"
+def _markers(key: str) -> tuple[str, str]:
+    return f"<!-- bench.quality: {key} -->", f"<!-- /bench.quality: {key} -->"
+
+
+def section_key(cfg: dict[str, Any]) -> str:
+    """The model, plus ``on DRIVER`` for a driver other than the simulated fleet."""
+    driver = (cfg.get("driver") or {}).get("name", "simulated")
+    return cfg["model"] if driver == "simulated" else f"{cfg['model']} on {driver}"
 
 
 def write_markdown(result: dict[str, Any], path: Path) -> None:
-    """Write the model's section into ``path``, replacing its previous section and keeping the rest."""
-    begin, end = _markers(result["config"]["model"])
+    """Write the run's section into ``path``, replacing its previous section and keeping the rest."""
+    begin, end = _markers(section_key(result["config"]))
     section = "\n".join([begin, *render_section(result), end])
     text = path.read_text() if path.exists() else TITLE
     found = re.search(re.escape(begin) + r".*?" + re.escape(end), text, flags=re.S)
@@ -107,24 +131,38 @@ def render_section(result: dict[str, Any]) -> list[str]:
     )
     comparison = cfg.get("comparison_note", KWS_COMPARISON if kws else "")
     samples = cfg.get("sample_word", "clips")
+    driver = cfg.get("driver") or {"name": "simulated"}
+    simulated = driver["name"] == "simulated"
+    methods = methods_of(rows)
+    if simulated:
+        where = f"Simulated fleet seed {cfg.get('fleet_seed', FLEET_SEED)}; dies spread over a wafer."
+        by = "variation scale"
+    else:
+        opts = json.dumps(driver.get("options") or {}, sort_keys=True)
+        where = (
+            f"Driver `{driver['name']}` {driver.get('version', '')} with options `{opts}`"
+            + (f", scaling `{driver['scale_option']}`" if driver.get("scale_option") else "")
+            + "; dies spread over a wafer."
+            + ("" if "oracle" in methods else " The driver offers no oracle: no ORACLE column.")
+        )
+        by = f"`{driver['scale_option']}`" if driver.get("scale_option") else "driver configuration"
+    col = "scale" if simulated else (driver.get("scale_option") or "configuration")
     lines = [
-        f"## `{cfg['model']}`",
+        f"## `{section_key(cfg)}`",
         "",
         f"Produced by `{cfg['command']}` in {result['elapsed_s'] / 60:.1f} min on {cfg['workers']} worker "
         f"process(es). Model `{cfg['model']}` (software accuracy {_pct(cfg['software_accuracy'])} % on the "
-        f"same {samples}). {data_note} Simulated fleet seed {cfg.get('fleet_seed', FLEET_SEED)}; dies spread "
-        f"over a wafer. Characterization budget {cfg['budget']} read vectors per die. Figures: accuracy in "
-        "%, mean / min over the dies.",
+        f"same {samples}). {data_note} {where} Characterization budget {cfg['budget']} read vectors per "
+        "die. Figures: accuracy in %, mean / min over the dies.",
         "",
-        "### Accuracy by variation scale",
+        f"### Accuracy by {by}",
         "",
-        "| scale | dies | ideal chip | uncalibrated | A: offset only | B: column scaling | cimcal | "
-        "cimcal fast path | ORACLE |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {col} | dies | ideal chip | " + " | ".join(LABELS[m] for m in methods) + " |",
+        "| ---: | ---: | ---: |" + " ---: |" * len(methods),
     ]
     for r in rows:
-        cells = [f"{r['scale']:g}", str(r["dies"]), _pct(r["ideal"]["mean"])]
-        cells += [f"{_pct(r[m]['mean'])} / {_pct(r[m]['min'])}" for m in METHODS]
+        cells = [scale_label(r["scale"]), str(r["dies"]), _pct(r["ideal"]["mean"])]
+        cells += [f"{_pct(r[m]['mean'])} / {_pct(r[m]['min'])}" for m in methods]
         lines.append("| " + " | ".join(cells) + " |")
     unc = [r["uncalibrated"]["mean"] for r in rows]
     cim = [r["cimcal"]["mean"] for r in rows]
@@ -133,23 +171,28 @@ def render_section(result: dict[str, Any]) -> list[str]:
         "",
         f"Uncalibrated mean accuracy spans {_pct(min(unc))}-{_pct(max(unc))} %; after cimcal "
         f"{_pct(min(cim))}-{_pct(max(cim))} % (worst die {_pct(min(r['cimcal']['min'] for r in rows))} %), "
-        f"against {_pct(ideal)} % for the ideal chip. {comparison}The ORACLE (the same compensation fed the "
-        "simulator's hidden truth) is the upper bound of the compensation; what separates it from the ideal "
-        "chip is read noise, redrawn on every read. The fast path (no per-cell terms, no tile copies) "
-        "shows what the copies of the row tiles on idle macros buy.",
+        f"against {_pct(ideal)} % for the ideal chip. {comparison}"
+        + (
+            "The ORACLE (the same compensation fed the simulator's hidden truth) is the upper bound of the "
+            "compensation; what separates it from the ideal chip is read noise, redrawn on every read. "
+            if "oracle" in methods
+            else ""
+        )
+        + "The fast path (no per-cell terms, no tile copies) shows what the copies of the row tiles on idle "
+        "macros buy.",
     ]
     lines += [
         "",
         "### Cost per die (cimcal)",
         "",
-        "| scale | read vectors | read calls | macro writes | characterization tester s | "
+        f"| {col} | read vectors | read calls | macro writes | characterization tester s | "
         "estimation host s | compensation ms (fast path ms) | signature bytes | functional test tester s | "
         "predicted agreement |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['scale']:g} | {r['read_vectors']['mean']:.0f} | {r['reads']['mean']:.0f} | "
+            f"| {scale_label(r['scale'])} | {r['read_vectors']['mean']:.0f} | {r['reads']['mean']:.0f} | "
             f"{r['writes']['mean']:.0f} | {r['characterize_tester_s']['mean']:.3f} | "
             f"{r['characterize_compute_s']['mean']:.2f} | {1e3 * r['compensate_s']['mean']:.0f} "
             f"({1e3 * r['compensate_fast_s']['mean']:.0f}) | {r['signature_bytes']['mean']:.0f} | "
@@ -178,14 +221,14 @@ def render_section(result: dict[str, Any]) -> list[str]:
             h_ft = r["finetune_wall_s"]["mean"]
             h_cm = r["characterize_compute_s"]["mean"] + r["compensate_s"]["mean"]
             lines.append(
-                f"| {r['scale']:g} | {r['finetune']['n']} | {_pct(ft)} | {_pct(cm)} | {ft / cm:.2f} | "
+                f"| {scale_label(r['scale'])} | {r['finetune']['n']} | {_pct(ft)} | {_pct(cm)} | {ft / cm:.2f} | "
                 f"{t_ft:.2f} | {t_cm:.3f} | {t_ft / t_cm:.1f} | {h_ft:.1f} | {h_cm:.2f} |"
             )
     curve = result.get("budget_curve") or []
     if curve:
         lines += [
             "",
-            f"### Recovered accuracy vs read vectors per die (scale {cfg['budget_scale']:g}, "
+            f"### Recovered accuracy vs read vectors per die (scale {scale_label(cfg['budget_scale'])}, "
             f"{cfg['budget_dies']} dies)",
             "",
             "| read vectors / die | per macro and pattern | tester s | accuracy mean / min | signature bytes | "
@@ -223,15 +266,19 @@ def write_figure(result: dict[str, Any], path: Path) -> None:
     curve = result.get("budget_curve") or []
     fig, axes = plt.subplots(1, 2 if curve else 1, figsize=(12 if curve else 7, 4.5), squeeze=False)
     ax = axes[0, 0]
-    scales = [r["scale"] for r in rows]
+    scales = [float(i) if r["scale"] is None else r["scale"] for i, r in enumerate(rows)]
     ax.plot(scales, [100 * r["ideal"]["mean"] for r in rows], "k--", label=LABELS["ideal"])
-    for m, style in zip(METHODS, ("o-", "s-", "^-", "D-", "v:", "x--"), strict=True):
+    styles = dict(zip(METHODS, ("o-", "s-", "^-", "D-", "v:", "x--"), strict=True))
+    for m in methods_of(rows):
+        style = styles[m]
         mean = np.array([100 * r[m]["mean"] for r in rows])
         low = np.array([100 * r[m]["min"] for r in rows])
         ax.errorbar(
             scales, mean, yerr=[mean - low, np.zeros_like(mean)], fmt=style, capsize=3, label=LABELS[m]
         )
-    ax.set_xlabel("variation scale")
+    driver = result["config"].get("driver") or {"name": "simulated"}
+    scale_name = "variation scale" if driver["name"] == "simulated" else driver.get("scale_option")
+    ax.set_xlabel(scale_name or f"driver {driver['name']}")
     ax.set_ylabel("test accuracy, % (bar: minimum die)")
     ax.set_title(f"{result['config'].get('model', '')}: accuracy by variation scale")
     ax.set_ylim(0, 100)
@@ -249,7 +296,7 @@ def write_figure(result: dict[str, Any], path: Path) -> None:
         ax.set_ylim(0, 100)
         ax.set_xlabel("read vectors per die")
         ax.set_ylabel("test accuracy, %")
-        ax.set_title(f"budget sweep at scale {result['config']['budget_scale']:g}")
+        ax.set_title(f"budget sweep at scale {scale_label(result['config']['budget_scale'])}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

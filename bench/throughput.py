@@ -3,6 +3,7 @@ worker processes, in one run, reported in dies per second (per step) and as rati
 
     python -m bench.throughput [--dies-per-wafer 12] [--wafers 2] [--steps characterize,compensate]
                                [--functional-test-sample 0.1] [--sites 2] [--celery 1,2]
+                               [--driver NAME] [--driver-options JSON]
                                [--light] [--db URL] [--json PATH]
 
 Each mode calibrates its own lot of the same size (a fresh lot: every die costs tester time) after
@@ -11,7 +12,9 @@ evaluation clips) are not counted. Celery modes start ``cimcal worker`` processe
 solo pool: one process per core) against Redis at ``CIMCAL_BROKER_URL`` with a private queue and
 key prefix. The database defaults to a temporary SQLite file shared by every process.
 
-``--light`` swaps the calibration use cases for the light test steps (``tests.jobs.fake_steps``):
+The dies are measured on the station's driver (``CIMCAL_DRIVER`` / ``CIMCAL_DRIVER_OPTIONS``, the
+simulated fleet by default); ``--driver`` / ``--driver-options`` override both, for this process and
+its Celery workers. ``--light`` swaps the calibration use cases for the light test steps (``tests.jobs.fake_steps``):
 what the job machinery itself costs per die. The last line extrapolates the measured rate to a
 25-wafer lot of 12,500 dies.
 """
@@ -80,12 +83,15 @@ def model_bytes() -> tuple[bytes, str]:
 
 
 def ensure_model(factory: sessionmaker[Session], settings: Settings) -> str:
+    """The KWS model registered with its datasets, as the station does at start-up."""
     from app.nn.model import load_model_bytes
+    from app.services import datasets
 
     data, origin = model_bytes()
     net = load_model_bytes(data)
     ref = f"{net.name}@{net.version}"
     with session_scope(factory) as s:
+        datasets.ensure_builtin_datasets(s, settings, actor="bench")
         try:
             models.get_model(s, net.name, net.version)
         except NotFoundError:
@@ -96,6 +102,7 @@ def ensure_model(factory: sessionmaker[Session], settings: Settings) -> str:
                 data=data,
                 software_accuracy=None,
                 max_bytes=settings.max_model_bytes,
+                settings=settings,
                 actor="bench",
             )
     print(f"model {ref}: {origin}", file=sys.stderr)
@@ -167,14 +174,17 @@ def measure(
 
 @contextmanager
 def celery_workers(
-    n: int, database_url: str, queue: str, prefix: str, light: bool, log_dir: Path
+    n: int, database_url: str, queue: str, prefix: str, light: bool, log_dir: Path, settings: Settings
 ) -> Iterator[None]:
+    # The workers see the same plugins (PYTHONPATH kept) and measure on the same driver.
     env = {
         **os.environ,
         "CIMCAL_DATABASE_URL": database_url,
         "CIMCAL_AUTO_MIGRATE": "0",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "CIMCAL_TEST_STEP_DELAY_S": "0",
+        "CIMCAL_DRIVER": settings.driver,
+        "CIMCAL_DRIVER_OPTIONS": json.dumps(settings.driver_options),
     }
     procs = []
     for i in range(n):
@@ -218,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         "--sites", type=int, default=None, help="local runner threads (default CIMCAL_TEST_SITES)"
     )
     ap.add_argument("--celery", default="1,2", help="worker counts to measure ('' for none)")
+    ap.add_argument("--driver", default=None, help="registered driver (default CIMCAL_DRIVER)")
+    ap.add_argument(
+        "--driver-options", default=None, metavar="JSON", help="its options (default CIMCAL_DRIVER_OPTIONS)"
+    )
     ap.add_argument("--light", action="store_true", help="light test steps: the machinery's own cost")
     ap.add_argument("--db", default=None, help="database URL (default: a temporary SQLite file)")
     ap.add_argument("--chunk-dies", type=int, default=4)
@@ -228,7 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="cimcal-bench-"))
     base = get_settings()
     database_url = args.db or f"sqlite:///{tmp / 'bench.db'}"
-    settings = base.model_copy(update={"database_url": database_url, "image_store_dir": tmp / "images"})
+    update: dict[str, object] = {"database_url": database_url, "image_store_dir": tmp / "images"}
+    if args.driver is not None:
+        update["driver"] = args.driver
+        update["driver_options"] = {}  # the configured options belong to the configured driver
+    if args.driver_options is not None:
+        options = json.loads(args.driver_options)
+        if not isinstance(options, dict):
+            ap.error("--driver-options must be a JSON object")
+        update["driver_options"] = options
+    settings = base.model_copy(update=update)
+    print(f"driver {settings.driver} {json.dumps(settings.driver_options)}", file=sys.stderr)
     os.environ["CIMCAL_IMAGE_STORE_DIR"] = str(settings.image_store_dir)
     engine = make_engine(database_url)
     migrate.upgrade(engine)
@@ -264,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         app = make_celery(base.broker_url, queue=queue, key_prefix=prefix)
         runner = CeleryRunner(app, factory, chunk_dies=args.chunk_dies)
         for n in counts:
-            with celery_workers(n, database_url, queue, prefix, args.light, tmp):
+            with celery_workers(n, database_url, queue, prefix, args.light, tmp, settings):
                 results.append(measure(f"celery-{n}", runner, factory, args, tag))
 
     local_rate = results[0].dies_per_s
