@@ -21,6 +21,12 @@ With codes ``y+`` (pattern W) and ``y-`` (pattern -W) and the linear readout mod
 * repeated vectors give the read noise; a probit fit of ``[code >= k]`` against the predicted analog
   value gives the ADC edge positions; a column whose code never changes is dead.
 
+A degenerate bit line (zero or negative gain, random codes, mostly on a rail, a singular fit,
+non-finite estimates) never raises: it is marked unusable with its reason (:data:`UNUSABLE_REASONS`),
+recorded as dead, and the die is fitted again without it; the signature is always finite. Stuck
+cells are confirmed beyond the MAP test (``stuck_min_z``, ``stuck_mag_range``) and the candidate and
+confirmed counts are reported (``summary()``, ``signature.meta["stuck"]``).
+
 Every macro is written and then read before the next one is written. A transient hardware error
 (timeout, contact loss) retries the one write or read that failed, up to ``config.attempts`` tries,
 re-probing the die and rewriting the macro's pattern after a lost contact
@@ -65,6 +71,16 @@ class CharacterizationConfig:
                       default: measured to change no decision (docs/calibration.md) and 137 kB per die
     max_vectors_per_call : split reads into driver calls of at most this many vectors
     attempts        : tries per driver call after a transient error (1: no retry)
+    min_gain        : a bit line whose measured gain ratio is below this (zero, negative, or too
+                      weak to regress) is unusable (see :data:`UNUSABLE_REASONS`) ...
+    min_gain_t      : ... as is one whose gain is fewer than this many standard errors from 0
+    min_valid_fraction : a bit line with fewer uncensored reads than this fraction is unusable
+    max_noise_ratio : a bit line whose residual spread exceeds this multiple of the die's median
+                      is unusable (erratic codes)
+    stuck_min_z     : a stuck-cell candidate is confirmed only when its statistic is this many
+                      standard errors from 0 ...
+    stuck_mag_range : ... and its magnitude within this range of the column gain (a stuck cell adds
+                      about one cell's contribution)
     """
 
     active_fraction: float = 0.25
@@ -76,6 +92,26 @@ class CharacterizationConfig:
     edge_reads: int = 256
     max_vectors_per_call: int = 4096
     attempts: int = DEFAULT_ATTEMPTS
+    min_gain: float = 0.2
+    min_gain_t: float = 8.0
+    min_valid_fraction: float = 0.25
+    max_noise_ratio: float = 5.0
+    stuck_min_z: float = 4.5
+    stuck_mag_range: tuple[float, float] = (0.3, 3.0)
+
+
+UNUSABLE_REASONS: dict[str, str] = {
+    "non_finite": "an estimate of the bit line is not a finite number",
+    "negative_gain": "the bit line's code falls as its inner product rises (gain <= -min_gain)",
+    "no_response": "the bit line's code does not follow its inner product (|gain| < min_gain, or "
+    "fewer than min_gain_t standard errors from 0)",
+    "saturated": "most reads of the bit line sit on an ADC rail (fewer than min_valid_fraction valid)",
+    "ill_conditioned": "the valid reads of the bit line do not sweep its inner product (singular fit)",
+    "erratic": "the bit line's codes scatter far more than the die's other bit lines",
+}
+"""Why characterization marks a live bit line unusable. An unusable bit line is recorded as dead in
+the signature (compensation routes around it; too many make the die not calibratable, bin 11) and
+listed under its reason in ``signature.meta["unusable_cols"]`` (flat ``macro * phys_cols + col``)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +148,9 @@ class CharacterizationResult:
                 "retries": self.retries,
             }
         )
+        for key in ("n_unusable_cols", "stuck_candidates", "stuck_confirmed", "stuck_score_min"):
+            if key in self.diagnostics:
+                out[key] = self.diagnostics[key]
         return out
 
 
@@ -235,6 +274,11 @@ class _LinearFit:
     cell_sigma: float
     resid_sigma: float
     var_z: float
+    var_s: NDArray[np.float64]  # (m*p,) variance of the ideal sums over the valid reads
+    col_var_z: NDArray[np.float64]  # (m*p,) residual variance of z per column
+    col_var_h: NDArray[np.float64]  # (m*p,) residual variance of h per column (gain's precision)
+    stuck_candidates: int = 0  # cells that pass the MAP test, before confirmation
+    stuck_z: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))  # confirmed cells' |d|/sd
 
     def analog(
         self, a: NDArray[np.float32], w_all: NDArray[np.float32], sign: float, cells: bool
@@ -306,6 +350,8 @@ def _fit_linear(
     valid: NDArray[np.bool_],
     live: NDArray[np.bool_],
     stuck_prior: float,
+    stuck_min_z: float = 4.5,
+    stuck_mag_range: tuple[float, float] = (0.3, 3.0),
 ) -> _LinearFit:
     """Gain, offset, stuck cells and per-cell errors from the codes of both patterns (see module doc).
 
@@ -332,9 +378,12 @@ def _fit_linear(
     s_c = mk.centred(s_ideal)
     var_s = mk.sumsq(s_c) / cnt
 
+    fit_ok = live & (var_s > 1e-6)  # a column whose valid reads do not sweep the sums has no gain
+
     def regress_gain(hh: NDArray[np.float32]) -> NDArray[np.float64]:
         cov = (s_c * hh).sum(axis=0, dtype=np.float64) / cnt  # s_c is centred and masked
-        return np.asarray(np.where(live, cov / np.maximum(var_s, 1e-12), 0.0), dtype=np.float64)
+        g = np.where(fit_ok, cov / np.maximum(var_s, 1e-6), 0.0)
+        return np.asarray(np.where(np.isfinite(g), g, 0.0), dtype=np.float64)
 
     gain = regress_gain(h)
 
@@ -346,17 +395,24 @@ def _fit_linear(
     prior = math.log((1.0 - stuck_prior) / stuck_prior)
     sd_z = np.sqrt(np.maximum(mk.sumsq(z_c) / cnt, 1e-12))
     stuck = np.zeros(d_hat.shape, dtype=bool)
+    candidates = stuck
     z_stuck: NDArray[np.float32] | None = None
+    lo, hi = stuck_mag_range
     for _ in range(2):  # the second pass measures the noise with the stuck cells removed
         s_d = noise_map * sd_z[None, :]
         log_lr = (np.abs(d_hat) * mag - 0.5 * mag**2) / np.maximum(s_d**2, 1e-12)
-        stuck = (log_lr > prior) & live[None, :]
+        candidates = (log_lr > prior) & fit_ok[None, :]
+        # Confirmed: far from 0 in standard errors, and about one cell's contribution in size. A
+        # statistic driven by censoring or a bad column fit fails one or the other (no inflated maps).
+        ratio = np.abs(d_hat) / mag
+        stuck = candidates & (np.abs(d_hat) >= stuck_min_z * s_d) & (ratio >= lo) & (ratio <= hi)
         if not stuck.any():
             break
         rows, cols = np.nonzero(stuck)
         z_stuck = _sparse_apply(a, rows, cols, d_hat[rows, cols], n_cols)
         sd_z = np.sqrt(np.maximum(mk.sumsq(mk.centred(z - z_stuck)) / cnt, 1e-12))
     rows, cols = np.nonzero(stuck)
+    stuck_z = np.abs(d_hat[rows, cols]) / np.maximum((noise_map * sd_z[None, :])[rows, cols], 1e-12)
     z_clean = z if z_stuck is None else z - z_stuck
     offset = np.where(live, mk.mean(z_clean), 0.0)
 
@@ -377,14 +433,39 @@ def _fit_linear(
     # Per-cell errors: ridge regression = posterior mean under the N(0, cell_sigma^2) prior. Censored
     # reads enter as zero residuals (a slight extra shrinkage on the few columns that have them).
     tau2 = max(cell_sigma**2 * g2, 1e-10)
-    h_inv_c = _spd_inverse(gram + max(var_z, 1e-6) / tau2 * np.eye(r_))
-    delta = h_inv_c.astype(np.float32) @ (acf.T @ h_corr)  # g * w * e
-    cell_err = delta * w_all / np.where(live, gain, 1.0)[None, :].astype(np.float32)
-    post_var = var_z * float(np.diag(h_inv_c).mean()) / g2
-    resid_sigma = math.sqrt(min(post_var, cell_sigma**2))
+    lam = max(var_z, 1e-6) / tau2
+    if math.isfinite(lam) and math.isfinite(g2) and g2 > 0:
+        h_inv_c = _spd_inverse(gram + lam * np.eye(r_))
+        delta = h_inv_c.astype(np.float32) @ (acf.T @ h_corr)  # g * w * e
+        # Never divide by an estimated gain that is not safely positive (those columns are unusable).
+        safe = fit_ok & (gain > 1e-3)
+        cell_err = delta * w_all / np.where(safe, gain, 1.0)[None, :].astype(np.float32)
+        cell_err[:, ~safe] = 0.0
+        post_var = var_z * float(np.diag(h_inv_c).mean()) / g2
+        resid_sigma = math.sqrt(min(post_var, cell_sigma**2))
+    else:  # no live column to learn the cell spread from: nothing resolved
+        cell_err = np.zeros((r_, n_cols), np.float32)
+        resid_sigma = cell_sigma
     cell_err[stuck] = 0.0
     cell_err[:, ~live] = 0.0
-    return _LinearFit(gain, offset, d_hat, stuck, cell_err, cell_sigma, resid_sigma, var_z)
+    cell_err = np.where(np.isfinite(cell_err), cell_err, 0.0).astype(np.float32)
+    col_var_z = mk.sumsq(z_res) / cnt
+    col_var_h = mk.sumsq(h_corr) / cnt
+    return _LinearFit(
+        gain,
+        offset,
+        d_hat,
+        stuck,
+        cell_err,
+        cell_sigma,
+        resid_sigma,
+        var_z,
+        var_s=var_s,
+        col_var_z=np.asarray(col_var_z, dtype=np.float64),
+        col_var_h=np.asarray(col_var_h, dtype=np.float64),
+        stuck_candidates=int(candidates.sum()),
+        stuck_z=np.asarray(stuck_z, dtype=np.float64),
+    )
 
 
 def estimate_signature(
@@ -400,8 +481,9 @@ def estimate_signature(
     m_, p_, r_ = g.n_macros, g.phys_cols, g.rows
     lsb = g.adc_lsb_mac
     n = design.n
-    cp = y_pos.reshape(n, m_ * p_)
-    cn = y_neg.reshape(n, m_ * p_)
+    # Codes outside the ADC range (a misbehaving driver) read as the nearest rail: censored below.
+    cp = np.clip(y_pos.reshape(n, m_ * p_), g.code_min, g.code_max).astype(np.int16)
+    cn = np.clip(y_neg.reshape(n, m_ * p_), g.code_min, g.code_max).astype(np.int16)
     yp = cp.astype(np.float32) * np.float32(lsb)
     yn = cn.astype(np.float32) * np.float32(lsb)
     a = design.inputs.astype(np.float32)
@@ -417,7 +499,51 @@ def estimate_signature(
     rail_p = (cp == g.code_min) | (cp == g.code_max)
     rail_n = (cn == g.code_min) | (cn == g.code_max)
     valid = ~(rail_p | rail_n)
-    fit = _fit_linear(a, s_ideal, w_all, yp, yn, valid, live, config.stuck_prior)
+    # Degenerate bit lines (no response, inverted, saturated, singular, erratic) are found after a fit
+    # and the die is fitted again without them, so they bias neither the die's statistics nor anything
+    # else; they end up in the signature as dead bit lines, with their reason in the meta data.
+    unusable: dict[str, NDArray[np.bool_]] = {}
+    fit_live = live.copy()
+    for _ in range(3):
+        fit = _fit_linear(
+            a,
+            s_ideal,
+            w_all,
+            yp,
+            yn,
+            valid,
+            fit_live,
+            config.stuck_prior,
+            config.stuck_min_z,
+            config.stuck_mag_range,
+        )
+        found = _unusable_columns(fit, valid, fit_live, config)
+        if not any(v.any() for v in found.values()):
+            break
+        for reason, cols in found.items():
+            unusable[reason] = unusable.get(reason, np.zeros_like(cols)) | cols
+        fit_live = fit_live & ~np.logical_or.reduce(list(found.values()))
+    else:
+        fit = _fit_linear(
+            a,
+            s_ideal,
+            w_all,
+            yp,
+            yn,
+            valid,
+            fit_live,
+            config.stuck_prior,
+            config.stuck_min_z,
+            config.stuck_mag_range,
+        )
+    bad = live & ~fit_live
+    if bad.any():
+        # An unusable bit line is recorded as dead, returning its most frequent code.
+        for c in np.flatnonzero(bad):
+            vals, counts = np.unique(cp[:, c], return_counts=True)
+            dead_code[c] = vals[np.argmax(counts)]
+        dead = dead | bad
+        live = fit_live
     r2 = 1.0 - fit.resid_sigma**2 / fit.cell_sigma**2 if fit.cell_sigma > 0 else 0.0
     keep_cells = config.cells is True or (config.cells == "auto" and r2 >= config.min_cell_r2)
 
@@ -456,6 +582,12 @@ def estimate_signature(
             live,
         )
 
+    meta = dict(meta or {})
+    meta["stuck"] = {"candidates": int(fit.stuck_candidates), "confirmed": int(fit.stuck.sum())}
+    if bad.any():
+        meta["unusable_cols"] = {
+            reason: np.flatnonzero(cols).tolist() for reason, cols in sorted(unusable.items()) if cols.any()
+        }
     rows, cols_flat = np.nonzero(fit.stuck)
     macro_idx, col_idx = np.divmod(cols_flat, p_)
     stuck_cells = StuckCells(
@@ -477,14 +609,50 @@ def estimate_signature(
         stuck=stuck_cells,
         edge_offset_lsb=None if edges is None else edges.reshape(m_, p_, g.adc_levels - 1).astype(np.float32),
         cell_error=cell_err.reshape(r_, m_, p_).transpose(1, 0, 2) if keep_cells else None,
-        meta=meta or {},
+        meta=meta,
     )
     diag = {
         "cell_r2": float(r2),
         "rail_fraction": float((~valid[:, live]).mean()) if live.any() else 0.0,
         "var_z": float(fit.var_z),
+        "n_unusable_cols": int(bad.sum()),
+        "stuck_candidates": int(fit.stuck_candidates),
+        "stuck_confirmed": len(stuck_cells),
+        "stuck_score_min": float(fit.stuck_z.min()) if fit.stuck_z.size else 0.0,
     }
     return signature, diag
+
+
+def _unusable_columns(
+    fit: _LinearFit, valid: NDArray[np.bool_], live: NDArray[np.bool_], config: CharacterizationConfig
+) -> dict[str, NDArray[np.bool_]]:
+    """Live columns (m*p,) whose estimates are degenerate, by reason (:data:`UNUSABLE_REASONS`)."""
+    n = valid.shape[0]
+    n_valid = valid.sum(axis=0)
+    finite = (
+        np.isfinite(fit.gain)
+        & np.isfinite(fit.offset)
+        & np.isfinite(fit.d_hat).all(axis=0)
+        & np.isfinite(fit.col_var_z)
+    )
+    out: dict[str, NDArray[np.bool_]] = {"non_finite": live & ~finite}
+    rest = live & finite
+    out["saturated"] = rest & (n_valid < max(8.0, config.min_valid_fraction * n))
+    rest &= ~out["saturated"]
+    ref_var_s = float(np.median(fit.var_s[rest])) if rest.any() else 0.0
+    out["ill_conditioned"] = rest & (fit.var_s < 0.05 * ref_var_s)
+    rest &= ~out["ill_conditioned"]
+    # The gain must be both large enough and resolved (t statistic), or random codes would pass.
+    se = np.sqrt(fit.col_var_h / np.maximum(n_valid * fit.var_s, 1e-12))
+    t = np.abs(fit.gain) / np.maximum(se, 1e-12)
+    resolved = (np.abs(fit.gain) >= config.min_gain) & (t >= config.min_gain_t)
+    out["negative_gain"] = rest & resolved & (fit.gain < 0)
+    out["no_response"] = rest & ~resolved
+    rest &= ~(out["negative_gain"] | out["no_response"])
+    if rest.any():
+        ref = float(np.median(fit.col_var_z[rest]))
+        out["erratic"] = rest & (fit.col_var_z > config.max_noise_ratio**2 * max(ref, 1e-6))
+    return out
 
 
 def _mean_where(x: NDArray[np.float64], mask: NDArray[np.bool_]) -> float:
@@ -557,7 +725,7 @@ def characterize(
     y_pos, y_neg = measure(driver, design, config, calls)
     c1 = driver.counters.as_dict()
     t0 = time.perf_counter()
-    meta = {"ecid": ident.ecid, "budget": int(budget), "vectors_per_pattern": int(n)}
+    meta: dict[str, Any] = {"ecid": ident.ecid, "budget": int(budget), "vectors_per_pattern": int(n)}
     signature, diag = estimate_signature(g, design, y_pos, y_neg, config, meta)
     return CharacterizationResult(
         signature=signature,

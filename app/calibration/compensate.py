@@ -565,6 +565,10 @@ def compensate_image(
     notes = []
     if unrepaired:
         notes.append(f"{unrepaired} used column(s) left on a dead bit line: no free bit line in its macro")
+    unusable = signature.meta.get("unusable_cols") or {}
+    if unusable:
+        why = ", ".join(f"{reason} {len(cols)}" for reason, cols in sorted(unusable.items()))
+        notes.append(f"bit lines characterization found unusable, treated as dead: {why}")
     return CompensationOutput(
         image=image,
         predicted_agreement=float(np.mean(list(layer_agree.values()))) if layer_agree else 1.0,
