@@ -9,11 +9,12 @@ Use the ``Annotated`` aliases in endpoint signatures::
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 from app.api.schemas.common import INT32_MAX
 from app.config import Settings
@@ -104,6 +105,20 @@ ReadAccess = Annotated[Principal, Depends(require_roles(Role.viewer, Role.statio
 StationAccess = Annotated[Principal, Depends(require_roles(Role.station))]
 EngineerAccess = Annotated[Principal, Depends(require_roles(Role.engineer))]
 AdminAccess = Annotated[Principal, Depends(require_roles())]
+
+
+def _as_utc(value: datetime) -> datetime:
+    """A timestamp the database can compare: naive ones are UTC; out of range once in UTC is invalid."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as e:
+        raise ValueError("the timestamp is out of range once converted to UTC") from e
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+"""A datetime query parameter: timezone-aware UTC (naive means UTC), 422 when it leaves the range."""
 
 
 class PageParams(BaseModel):

@@ -5,7 +5,8 @@
 * control characters (``\\x00``-``\\x1f``, ``\\x7f``) in the path, the query and every string of a JSON
   body (keys included): 422 ``invalid_characters``. PostgreSQL cannot store NUL, and no name, ECID or
   reference of this API has a use for the others;
-* JSON bodies that are not UTF-8 (nor UTF-16/32): 422 ``validation_error`` like other malformed JSON;
+* JSON bodies that are not UTF-8 (nor UTF-16/32) or nested deeper than the parser goes: 422
+  ``validation_error`` like other malformed JSON;
 * request bodies over ``settings.max_body_bytes``: 413 ``payload_too_large``, from ``Content-Length``
   before anything is read, else as soon as the stream passes the limit. The upload routes
   (:data:`UPLOAD_PATHS`) read their own bodies under their own, larger limits
@@ -79,18 +80,22 @@ def _invalid(loc: list[str | int]) -> JSONResponse:
 
 
 def control_char_locations(value: Any, loc: list[str | int]) -> Iterator[list[str | int]]:
-    """The location of every string (and object key) in a parsed JSON document with a control character."""
-    if isinstance(value, str):
-        if has_control_chars(value):
-            yield loc
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            if has_control_chars(k):
-                yield [*loc, k]
-            yield from control_char_locations(v, [*loc, k])
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from control_char_locations(v, [*loc, i])
+    """The location of every string (and object key) in a parsed JSON document with a control character.
+
+    Iterative: a document nested as deep as the parser allows must not exhaust the stack here."""
+    stack: list[tuple[Any, list[str | int]]] = [(value, loc)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if has_control_chars(item):
+                yield where
+        elif isinstance(item, dict):
+            for k, v in reversed(item.items()):
+                stack.append((v, [*where, k]))
+                if has_control_chars(k):
+                    stack.append((k, [*where, k]))
+        elif isinstance(item, list):
+            stack.extend((v, [*where, i]) for i, v in reversed(list(enumerate(item))))
 
 
 def _is_json(scope: Scope) -> bool:
@@ -149,12 +154,13 @@ class EdgeGuard:
         if body and _is_json(scope):
             try:
                 document = json.loads(body)
-            except UnicodeDecodeError:  # the router would call it 400 "error parsing the body"
+            except (UnicodeDecodeError, RecursionError) as e:  # the router: 400 or 500
+                why = "not UTF-8" if isinstance(e, UnicodeDecodeError) else "nested too deeply"
                 await error_response(
                     422,
                     "validation_error",
                     "request validation failed",
-                    [{"loc": ["body"], "msg": "the body is not UTF-8 JSON", "type": "json_invalid"}],
+                    [{"loc": ["body"], "msg": f"the JSON body is {why}", "type": "json_invalid"}],
                 )(scope, receive, send)
                 return
             except ValueError:

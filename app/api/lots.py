@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query
 from fastapi.responses import JSONResponse
 
-from app.api.deps import EngineerAccess, PageDep, ReadAccess, SessionDep, SettingsDep
+from app.api.deps import EngineerAccess, PageDep, ReadAccess, SessionDep, SettingsDep, UtcDatetime
 from app.api.idempotency import IdempotencyDep
 from app.api.schemas.common import CONFLICT, INT32_MAX, NOT_FOUND, Page
 from app.api.schemas.lots import LOT_IN_EXAMPLES, LotIn, LotOut, WaferOut
@@ -60,7 +59,9 @@ def list_lots(
     _: ReadAccess,
     page: PageDep,
     product: Annotated[str | None, Query(max_length=64, examples=["KWS-BCIM-1"])] = None,
-    created_after: Annotated[datetime | None, Query(examples=["2026-01-01T00:00:00Z"])] = None,
+    created_after: Annotated[
+        UtcDatetime | None, Query(description="Naive: UTC.", examples=["2026-01-01T00:00:00Z"])
+    ] = None,
 ) -> Page[LotOut]:
     """Lots, newest first, optionally filtered by product and creation time (exclusive)."""
     items, total = lots.list_lots(

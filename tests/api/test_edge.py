@@ -69,6 +69,13 @@ def test_a_json_body_that_is_not_utf8_is_422(client: TestClient, as_role: Header
     assert_error(r, 422, "validation_error")
 
 
+@pytest.mark.parametrize("depth", [50, 900, 990, 100_000])
+def test_deeply_nested_json_is_422(client: TestClient, as_role: Headers, depth: int) -> None:
+    headers = {**as_role(Role.engineer), "Content-Type": "application/json"}
+    for body in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth):
+        assert_error(client.post("/v1/lots", content=body, headers=headers), 422, "validation_error")
+
+
 def test_control_characters_in_upload_form_fields_are_422(client: TestClient, as_role: Headers) -> None:
     r = client.post(
         "/v1/models",
@@ -150,6 +157,22 @@ def test_integers_beyond_the_database_range_are_422_and_ids_that_cannot_exist_40
     assert_error(client.post("/v1/jobs/2147483647/cancel", headers=as_role(Role.engineer)), 404, "not_found")
     r = client.get("/v1/lots", params={"offset": 2147483647}, headers=viewer)
     assert r.status_code == 200 and r.json()["items"] == []
+
+
+def test_timestamps_out_of_range_in_utc_are_422_and_naive_ones_utc(
+    client: TestClient, as_role: Headers
+) -> None:
+    viewer = as_role(Role.viewer)
+    for bad in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        r = client.get("/v1/lots", params={"created_after": bad}, headers=viewer)
+        assert_error(r, 422, "validation_error")
+    register(client, as_role(Role.engineer))
+    for before, after in (
+        ("2000-01-01T00:00:00", "9999-12-31T23:59:59"),
+        ("0001-01-01T00:00:00Z", "9999-12-31T00:00:00Z"),
+    ):
+        assert client.get("/v1/lots", params={"created_after": before}, headers=viewer).json()["total"] == 1
+        assert client.get("/v1/lots", params={"created_after": after}, headers=viewer).json()["total"] == 0
 
 
 # ------------------------------------------------------------------------------------ role caps
