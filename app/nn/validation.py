@@ -41,7 +41,7 @@ def validate_network(net: BinaryNetwork) -> None:
     binary layer must be fed {0,1} values (see the module docstring), and the preprocessing,
     dataset references and pass limits must be well formed.
     """
-    if not NAME_RE.match(net.name) or not NAME_RE.match(net.version) or len(net.version) > 32:
+    if not NAME_RE.fullmatch(net.name) or not NAME_RE.fullmatch(net.version) or len(net.version) > 32:
         raise ModelFormatError("name (1-64) and version (1-32) must be characters of [A-Za-z0-9_.-]")
     if not 2 <= len(net.class_names) <= MAX_CLASSES or len(set(net.class_names)) != len(net.class_names):
         raise ModelFormatError(f"need 2..{MAX_CLASSES} distinct class names")
@@ -51,14 +51,14 @@ def validate_network(net: BinaryNetwork) -> None:
     _check_preprocessing(net.prep, net.input_shape)
     if net.datasets is not None:
         for role, ref in net.datasets.as_dict().items():
-            if not isinstance(ref, str) or not DATASET_REF_RE.match(ref):
+            if not isinstance(ref, str) or not DATASET_REF_RE.fullmatch(ref):
                 raise ModelFormatError(f"datasets.{role} must be 'name@version', got {ref!r}")
     if net.pass_limits is not None:
         check_pass_limits(net.pass_limits)
     if not net.layers or len(net.layers) > MAX_LAYERS:
         raise ModelFormatError(f"need 1..{MAX_LAYERS} layers")
     names = [layer.name for layer in net.layers]
-    if len(set(names)) != len(names) or not all(NAME_RE.match(n) for n in names):
+    if len(set(names)) != len(names) or not all(NAME_RE.fullmatch(n) for n in names):
         raise ModelFormatError("layer names must be unique, 1-64 characters of [A-Za-z0-9_.-]")
     shape: tuple[int, ...] = net.input_shape
     binary = net.prep.kind == "binarize"
@@ -120,7 +120,7 @@ def check_pass_limits(limits: PassLimits) -> None:
     for g in limits.grades:
         if not 1 <= g.soft_bin <= 9 or g.soft_bin <= prev_bin:
             raise ModelFormatError("pass grades need soft bins 1..9 in increasing order")
-        if not LABEL_RE.match(g.label):
+        if not LABEL_RE.fullmatch(g.label):
             raise ModelFormatError(f"grade label {g.label!r} must match {LABEL_RE.pattern}")
         if not (0.0 < g.min_accuracy <= 1.0) or g.min_accuracy >= prev_limit:
             raise ModelFormatError("grade limits must lie in (0, 1] and fall strictly from grade to grade")
