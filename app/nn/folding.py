@@ -27,14 +27,15 @@ the batch-norm epsilon is rounded to float32 first because ONNX stores it as a f
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from app.nn.network import Layer, ModelFormatError
+from app.nn.network import BinaryNetwork, DatasetRefs, Layer, ModelFormatError, PassLimits, Preprocessing
+from app.nn.validation import validate_network
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
@@ -361,3 +362,43 @@ def assemble_layers(
                 "max-pool); to binarize the input use Preprocessing('binarize', threshold=...)",
             )
     return tuple(layers)
+
+
+def assembled_network(
+    ops: Sequence[Op],
+    *,
+    name: str,
+    version: str,
+    class_names: Sequence[str],
+    input_shape: tuple[int, ...],
+    preprocessing: Preprocessing | None,
+    datasets: DatasetRefs | None,
+    pass_limits: PassLimits | None,
+    metrics: Mapping[str, Any] | None,
+    error: ErrorFactory,
+    describe: Callable[[Any], str],
+) -> BinaryNetwork:
+    """The validated network of a chain of ops with its metadata: what both front ends (PyTorch
+    and ONNX) end with, so the same network gives the same model file."""
+    prep = preprocessing or Preprocessing()
+    layers = assemble_layers(
+        ops,
+        flat_input=len(input_shape) == 1,
+        binary_input=prep.kind == "binarize",
+        error=error,
+        describe=describe,
+    )
+    net = BinaryNetwork(
+        name,
+        version,
+        layers,
+        tuple(class_names),
+        None,
+        dict(metrics or {}),
+        input_shape=input_shape,
+        preprocessing=prep,
+        datasets=datasets,
+        pass_limits=pass_limits,
+    )
+    validate_network(net)
+    return net

@@ -42,7 +42,7 @@ from app.nn.folding import (
     MaxPoolOp,
     Op,
     StepOp,
-    assemble_layers,
+    assembled_network,
 )
 from app.nn.network import (
     MAX_ARRAY_ELEMENTS,
@@ -52,7 +52,6 @@ from app.nn.network import (
     PassLimits,
     Preprocessing,
 )
-from app.nn.validation import validate_network
 
 MAX_ONNX_BYTES = 16 * 2**20
 MAX_NODES = 4096
@@ -530,25 +529,16 @@ def network_from_onnx(
     """
     graph = _Graph(_parse(data))
     start, shape = graph.input_shape(input_shape)
-    prep = preprocessing or Preprocessing()
-    layers = assemble_layers(
+    return assembled_network(
         graph.ops(start),
-        flat_input=len(shape) == 1,
-        binary_input=prep.kind == "binarize",
+        name=name,
+        version=version,
+        class_names=class_names,
+        input_shape=shape,
+        preprocessing=preprocessing,
+        datasets=datasets,
+        pass_limits=pass_limits,
+        metrics=metrics,
         error=_error,
         describe=_describe,
     )
-    net = BinaryNetwork(
-        name,
-        version,
-        layers,
-        tuple(class_names),
-        None,
-        dict(metrics or {}),
-        input_shape=shape,
-        preprocessing=prep,
-        datasets=datasets,
-        pass_limits=pass_limits,
-    )
-    validate_network(net)
-    return net

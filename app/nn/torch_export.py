@@ -40,7 +40,7 @@ from app.nn.folding import (
     MaxPoolOp,
     Op,
     StepOp,
-    assemble_layers,
+    assembled_network,
     sign_pm1,
 )
 from app.nn.network import (
@@ -50,7 +50,6 @@ from app.nn.network import (
     PassLimits,
     Preprocessing,
 )
-from app.nn.validation import validate_network
 
 
 class UnsupportedModuleError(ModelFormatError):
@@ -304,34 +303,24 @@ def export_torch(
     """
     if type(module) is not nn.Sequential:
         raise ModelFormatError(f"export_torch takes an nn.Sequential, got {type(module).__name__}")
-    prep = preprocessing or Preprocessing()
-    shape = tuple(int(v) for v in input_shape)
     ops = [
         op
         for pos, (qualname, m) in enumerate(_modules(module))
         if (op := _op((pos, qualname, m))) is not None
     ]
-    layers = assemble_layers(
+    return assembled_network(
         ops,
-        flat_input=len(shape) == 1,
-        binary_input=prep.kind == "binarize",
+        name=name,
+        version=version,
+        class_names=class_names,
+        input_shape=tuple(int(v) for v in input_shape),
+        preprocessing=preprocessing,
+        datasets=datasets,
+        pass_limits=pass_limits,
+        metrics=metrics,
         error=_error,
         describe=_describe,
     )
-    net = BinaryNetwork(
-        name,
-        version,
-        layers,
-        tuple(class_names),
-        None,
-        dict(metrics or {}),
-        input_shape=shape,
-        preprocessing=prep,
-        datasets=datasets,
-        pass_limits=pass_limits,
-    )
-    validate_network(net)
-    return net
 
 
 def onnx_bytes(module: nn.Module, input_shape: Sequence[int]) -> bytes:
