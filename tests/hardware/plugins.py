@@ -8,9 +8,6 @@
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,9 +15,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from hardware import registry
 from hardware.driver import DriverInfo
 from hardware.sim.driver import SimulatedDriver
+from tests.distributions import on_path, subprocess_env, write_distribution
+
+__all__ = ["DIST_VERSION", "KeyedDriver", "UnversionedDriver", "registered", "subprocess_env"]
 
 DIST_VERSION = "0.2.0"
 ENTRY_POINTS = {
@@ -58,34 +57,9 @@ class UnversionedDriver(KeyedDriver):
     version = None
 
 
-def write_distribution(site_dir: Path) -> Path:
-    dist = site_dir / f"cimcal_test_plugins-{DIST_VERSION}.dist-info"
-    dist.mkdir(parents=True, exist_ok=True)
-    (dist / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: cimcal-test-plugins\nVersion: {DIST_VERSION}\n"
-    )
-    lines = "".join(f"{name} = {target}\n" for name, target in ENTRY_POINTS.items())
-    (dist / "entry_points.txt").write_text(f"[cimcal.drivers]\n{lines}")
-    return site_dir
-
-
 @contextmanager
 def registered(site_dir: Path) -> Iterator[Path]:
     """The test plugins registered in this process while the context lasts."""
-    write_distribution(site_dir)
-    sys.path.insert(0, str(site_dir))
-    importlib.invalidate_caches()
-    registry.refresh()
-    try:
+    write_distribution(site_dir, name="cimcal-test-plugins", version=DIST_VERSION, entry_points=ENTRY_POINTS)
+    with on_path(site_dir):
         yield site_dir
-    finally:
-        sys.path.remove(str(site_dir))
-        importlib.invalidate_caches()
-        registry.refresh()
-
-
-def subprocess_env(site_dir: Path, **extra: str) -> dict[str, str]:
-    """The environment of a command that should see the test plugins as installed."""
-    root = Path(__file__).resolve().parents[2]
-    path = os.pathsep.join([str(site_dir), str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return {**os.environ, "PYTHONPATH": path, **extra}
