@@ -122,6 +122,12 @@ def load_model(path: Path | str) -> BinaryNetwork:
 
 def load_model_bytes(data: bytes) -> BinaryNetwork:
     """Parse and strictly validate a model file's bytes (format 1 or 2); raises :class:`ModelFormatError`.
+    See :func:`read_model_bytes`."""
+    return read_model_bytes(data)[0]
+
+
+def read_model_bytes(data: bytes) -> tuple[BinaryNetwork, int]:
+    """The network of a model file's bytes and the format version the file was written in.
 
     Checks: size bounds, a numpy ``.npz`` without pickles, a manifest of a known format version
     with no unknown keys, layer kinds, shapes that chain from the input to ``len(class_names)``
@@ -138,7 +144,7 @@ def load_model_bytes(data: bytes) -> BinaryNetwork:
     )
     net = _network_from_manifest(manifest, arrays)
     validate_network(net)
-    return net
+    return net, int(manifest["format_version"])
 
 
 def _req(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -383,6 +389,7 @@ __all__: Sequence[str] = (
     "parse_pass_limits",
     "parse_preprocessing",
     "predict",
+    "read_model_bytes",
     "reference_model_path",
     "save_model",
     "to_program",

@@ -35,6 +35,7 @@ from app.nn.model import (
     model_bytes,
     parse_pass_limits,
     parse_preprocessing,
+    read_model_bytes,
     reference_model_path,
     to_program,
 )
@@ -47,17 +48,18 @@ log = logging.getLogger(__name__)
 SOFTWARE_ACCURACY_METRIC = "software_test_accuracy"
 
 
-def parse_network(data: bytes) -> BinaryNetwork:
-    """Parse and validate a model file and check it fits the chip; the upload path's one parser."""
+def parse_network(data: bytes) -> tuple[BinaryNetwork, int]:
+    """Parse and validate a model file and check it fits the chip; the upload path's one parser.
+    Returns the network and the file's format version."""
     try:
-        network = load_model_bytes(data)
+        network, format_version = read_model_bytes(data)
     except ModelFormatError as e:
         raise InvalidInputError(f"not a valid model file: {e}", code="invalid_model") from e
     try:
         map_network(to_program(network), ChipGeometry())
     except ChipError as e:
         raise InvalidInputError(f"model does not fit the chip: {e}", code="model_does_not_fit") from e
-    return network
+    return network, format_version
 
 
 def model_from_onnx(
@@ -216,7 +218,7 @@ def upload_model(
     its ideal-chip accuracy and store it; 422 when the model and its datasets do not match."""
     if len(data) > max_bytes:
         raise PayloadTooLargeError(f"model file of {len(data)} bytes; the limit is {max_bytes}")
-    net = parse_network(data)
+    net, format_version = parse_network(data)
     if models.get(session, name, version) is not None:
         raise ConflictError(f"model {name}@{version} exists; upload a new version", code="model_exists")
     refs = _refs(net, settings, calibration_dataset, test_dataset)
@@ -242,7 +244,7 @@ def upload_model(
         software_accuracy=software_accuracy
         if software_accuracy is not None
         else (float(metric) if isinstance(metric, int | float) and not isinstance(metric, bool) else None),
-        format_version=2 if net.datasets or net.pass_limits or net.prep.kind != "log_mel" else 1,
+        format_version=format_version,
         input_shape=list(net.input_shape),
         preprocessing=net.prep.kind,
         calibration_dataset_id=cal_row.id,

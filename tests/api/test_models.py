@@ -64,6 +64,7 @@ def test_multipart_upload_then_read_back(
     assert created["name"] == "kws-bnn" and created["version"] == "1.0.0"
     assert created["sha256"] == hashlib.sha256(data).hexdigest() and created["size_bytes"] == len(data)
     assert created["class_names"] == list(CLASS_NAMES) and created["software_accuracy"] == 0.5
+    assert created["format_version"] == 2  # the version the file was written in (model_bytes writes 2)
     assert client.get("/v1/models/kws-bnn@1.0.0", headers=as_role(Role.viewer)).json() == created
     with session_scope(session_factory) as s:
         # (The reference model registered at start-up may be stored too.)
