@@ -188,6 +188,39 @@ def _spec_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out * keep
 
 
+def train_epoch(
+    model: KwsBnn | Any,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int,
+    gen: torch.Generator,
+    augment: Callable[[torch.Tensor], torch.Tensor],
+    label_smoothing: float,
+) -> tuple[float, float]:
+    """One epoch over (x, y) in a random order of ``gen``: each batch augmented, one optimiser and
+    scheduler step, latent weights clipped (``model.clip_latent()``); returns (mean loss, accuracy)."""
+    model.train()
+    perm = torch.randperm(len(x), generator=gen)
+    total, correct, loss_sum = 0, 0, 0.0
+    for b in range(math.ceil(len(x) / batch_size)):
+        idx = perm[b * batch_size : (b + 1) * batch_size]
+        xb, yb = augment(x[idx]), y[idx]
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        model.clip_latent()
+        loss_sum += loss.item() * len(idx)
+        correct += int((logits.argmax(1) == yb).sum())
+        total += len(idx)
+    return loss_sum / total, correct / total
+
+
 def train_model(
     train: tuple[NDArray[np.float32], NDArray[np.int64]],
     val: tuple[NDArray[np.float32], NDArray[np.int64]],
@@ -207,40 +240,39 @@ def train_model(
     model = KwsBnn(config.arch, len(class_names), in_channels=x_tr.shape[1])
     model.sum_noise_mac = config.sum_noise_mac
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(x_tr) / config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
+        opt,
+        max_lr=config.lr,
+        total_steps=config.epochs * math.ceil(len(x_tr) / config.batch_size),
+        pct_start=0.15,
     )
     best: tuple[float, BinaryNetwork] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     history = []
+
+    def augment(xb: torch.Tensor) -> torch.Tensor:
+        return _spec_augment(xb, gen) if config.spec_augment else xb
+
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(len(x_tr), generator=gen)
-        total, correct, loss_sum = 0, 0, 0.0
-        for b in range(steps_per_epoch):
-            idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
-            xb, yb = x_tr[idx], y_tr[idx]
-            if config.spec_augment:
-                xb = _spec_augment(xb, gen)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            model.clip_latent()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-            total += len(idx)
+        train_loss, train_acc = train_epoch(
+            model,
+            opt,
+            sched,
+            x_tr,
+            y_tr,
+            batch_size=config.batch_size,
+            gen=gen,
+            augment=augment,
+            label_smoothing=0.05,
+        )
         model.eval()
         net = export_network(model, class_names)
         val_acc = accuracy(net, val[0], val[1])
         rec = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / total,
-            "train_acc": correct / total,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
             "val_acc": val_acc,
             "epoch_s": time.perf_counter() - t0,
         }

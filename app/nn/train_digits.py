@@ -49,7 +49,7 @@ from app.nn.network import (
     accuracy,
     predict,
 )
-from app.nn.train import TrainResult, _bn_scale_shift, binarize, fold_binary_threshold, step
+from app.nn.train import TrainResult, _bn_scale_shift, binarize, fold_binary_threshold, step, train_epoch
 
 HISTORY_FILE = "digits_bnn_history.json"
 # Relative limits: a fraction of the model's own ideal-chip accuracy on its test set.
@@ -211,35 +211,32 @@ def train_digits_model(
     y_tr = torch.from_numpy(np.ascontiguousarray(train.y))
     model = DigitsBnn(config.arch)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(x_tr) / config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
+        opt,
+        max_lr=config.lr,
+        total_steps=config.epochs * math.ceil(len(x_tr) / config.batch_size),
+        pct_start=0.15,
     )
     history: list[dict[str, float]] = []
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(len(x_tr), generator=gen)
-        total, correct, loss_sum = 0, 0, 0.0
-        for b in range(steps_per_epoch):
-            idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
-            xb, yb = _shift(x_tr[idx], config.shift_px, gen), y_tr[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            model.clip_latent()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-            total += len(idx)
+        train_loss, train_acc = train_epoch(
+            model,
+            opt,
+            sched,
+            x_tr,
+            y_tr,
+            batch_size=config.batch_size,
+            gen=gen,
+            augment=lambda xb: _shift(xb, config.shift_px, gen),
+            label_smoothing=config.label_smoothing,
+        )
         model.eval()
         net = export_digits_network(model, datasets=datasets)
         rec = {
             "epoch": epoch + 1,
-            "train_loss": round(loss_sum / total, 4),
-            "train_acc": round(correct / total, 4),
+            "train_loss": round(train_loss, 4),
+            "train_acc": round(train_acc, 4),
             "calibration_acc": round(accuracy(net, held_out.x, held_out.y), 4),
             "epoch_s": round(time.perf_counter() - t0, 2),
         }
