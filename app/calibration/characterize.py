@@ -504,19 +504,23 @@ def estimate_signature(
     # else; they end up in the signature as dead bit lines, with their reason in the meta data.
     unusable: dict[str, NDArray[np.bool_]] = {}
     fit_live = live.copy()
-    for _ in range(3):
-        fit = _fit_linear(
+
+    def fit_columns(cols: NDArray[np.bool_]) -> _LinearFit:
+        return _fit_linear(
             a,
             s_ideal,
             w_all,
             yp,
             yn,
             valid,
-            fit_live,
+            cols,
             config.stuck_prior,
             config.stuck_min_z,
             config.stuck_mag_range,
         )
+
+    for _ in range(3):
+        fit = fit_columns(fit_live)
         found = _unusable_columns(fit, valid, fit_live, config)
         if not any(v.any() for v in found.values()):
             break
@@ -524,18 +528,7 @@ def estimate_signature(
             unusable[reason] = unusable.get(reason, np.zeros_like(cols)) | cols
         fit_live = fit_live & ~np.logical_or.reduce(list(found.values()))
     else:
-        fit = _fit_linear(
-            a,
-            s_ideal,
-            w_all,
-            yp,
-            yn,
-            valid,
-            fit_live,
-            config.stuck_prior,
-            config.stuck_min_z,
-            config.stuck_mag_range,
-        )
+        fit = fit_columns(fit_live)
     bad = live & ~fit_live
     if bad.any():
         # An unusable bit line is recorded as dead, returning its most frequent code.
