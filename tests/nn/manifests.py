@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from app.nn.dataset import Dataset
@@ -23,6 +24,17 @@ from app.nn.model import (
 )
 
 Manifest = dict[str, Any]
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=8,
+)
+"""Any JSON value (NaN and huge integers included), for fuzzing manifests."""
 
 
 def flat_network(n_features: int = 20, n_classes: int = 4, seed: int = 0, **kw: Any) -> BinaryNetwork:

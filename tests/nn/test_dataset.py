@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from app.nn.dataset import Dataset, DatasetFormatError, dataset_bytes, load_dataset_bytes
 from app.nn.features import DEFAULT_SPEC
-from tests.nn.manifests import Manifest, manifest_of, repack, rewrite
+from tests.nn.manifests import JSON, Manifest, manifest_of, repack, rewrite
 
 
 def good_dataset(**kw: Any) -> Dataset:
@@ -144,17 +144,6 @@ def test_pickles_are_refused() -> None:
     np.savez(buf, allow_pickle=True, **members)
     with pytest.raises(DatasetFormatError):
         load_dataset_bytes(buf.getvalue())
-
-
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**40), 2**40)
-    | st.floats(allow_nan=True)
-    | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
-    max_leaves=8,
-)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -27,7 +27,7 @@ from app.nn.model import (
     model_bytes,
     reference_model_path,
 )
-from tests.nn.manifests import Manifest, flat_network, image_network, manifest_of, repack, rewrite
+from tests.nn.manifests import JSON, Manifest, flat_network, image_network, manifest_of, repack, rewrite
 
 
 def test_format_1_files_keep_loading_as_log_mel_models_without_datasets() -> None:
@@ -244,17 +244,6 @@ def _paths(d: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         for i, v in enumerate(d):
             out += _paths(v, (*prefix, i))
     return out
-
-
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**40), 2**40)
-    | st.floats(allow_nan=True)
-    | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
-    max_leaves=8,
-)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
