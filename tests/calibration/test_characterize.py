@@ -126,3 +126,31 @@ def test_adc_edges_are_estimated_on_request(make_driver: Make) -> None:
     assert np.corrcoef(est, true)[0, 1] > 0.5
     assert np.abs(est - true).mean() < np.abs(true).mean()
     assert characterize(drv, budget=SMALL_BUDGET, rng=3).signature.edge_offset_lsb is None
+
+
+@pytest.mark.parametrize("rate", [2e-3, 1e-2])
+def test_the_stuck_prior_is_measured_on_the_die_not_assumed(make_driver: Make, rate: float) -> None:
+    """The MAP test's prior follows the die's own stuck rate (no number copied from the simulator)."""
+    drv = make_driver(1.0, stuck_cell_rate=rate)
+    sig = characterize(drv, budget=4 * SMALL_BUDGET, rng=0).signature
+    truth = oracle_die_truth(oracle_fleet_config(drv), ADDRESS)
+    true_rate = (truth.stuck_mask & ~truth.dead_cols[:, None, :]).mean()
+    assert sig.meta["stuck"]["prior_source"] == "measured"
+    assert sig.meta["stuck"]["prior"] == pytest.approx(true_rate, rel=0.3)
+    fixed = characterize(
+        make_driver(1.0, stuck_cell_rate=rate), budget=4 * SMALL_BUDGET, rng=0,
+        config=CharacterizationConfig(stuck_prior=2e-4),
+    ).signature
+    assert fixed.meta["stuck"] == {**fixed.meta["stuck"], "prior": 2e-4, "prior_source": "configured"}
+
+
+def test_the_edge_prior_follows_the_dies_edge_spread(make_driver: Make) -> None:
+    """The spread that shrinks the ADC edges is the die's own: wider on a die whose edges spread more."""
+    spread = {}
+    for scale in (1.0, 3.0):
+        drv = make_driver(scale)
+        sig = characterize(drv, budget=4 * SMALL_BUDGET, rng=0, config=CharacterizationConfig(edges=True)).signature
+        truth = oracle_die_truth(oracle_fleet_config(drv), ADDRESS)
+        spread[scale] = sig.meta["edge_prior_sigma_lsb"]
+        assert spread[scale] == pytest.approx(float(truth.edge_offset_lsb[~truth.dead_cols].std()), rel=0.35)
+    assert spread[3.0] > 1.5 * spread[1.0]
