@@ -24,8 +24,12 @@ FLEET_WORDS = frozenset({"fleet", "swap_fleet", "die_variation"})
 # Module names whose mention in app code (outside docstrings) is a leak.
 HIDDEN_MODULE = re.compile(r"\bhardware\.sim\b|\bhardware/sim\b")
 MANGLED = re.compile(r"^_[A-Za-z]\w*__\w+")
-DYNAMIC_IMPORTS = frozenset({"import_module", "__import__", "find_spec", "spec_from_file_location",
-                             "run_module", "run_path", "module_from_spec"})
+DYNAMIC_IMPORTS = frozenset(
+    {"import_module", "__import__", "find_spec", "spec_from_file_location", "run_module", "run_path",
+     "module_from_spec"}
+)
+# Reflection that reads an object's private state whatever its attribute names.
+REFLECTION = frozenset({"vars", "__getattribute__", "getmembers", "get_referents", "get_referrers"})
 # Dynamic imports in app/ that were read and found not to reach the simulator: (file, function).
 ALLOWED_DYNAMIC_IMPORTS = {
     # `cimcal bench NAME` runs bench/NAME.py from a source checkout (an offline benchmark, which
@@ -108,8 +112,8 @@ def scan_source(source: str, rel: str, private: frozenset[str]) -> list[str]:
         if isinstance(node, ast.Call) and _call_name(node.func) in DYNAMIC_IMPORTS:
             if (rel, owner.get(id(node))) not in ALLOWED_DYNAMIC_IMPORTS:
                 out.append(f"{rel}:{line}: dynamic import {ast.unparse(node)}")
-        elif isinstance(node, ast.Call) and _call_name(node.func) in {"vars"} and node.args:
-            out.append(f"{rel}:{line}: vars() of an object reads its private state")
+        elif isinstance(node, ast.Call) and _call_name(node.func) in REFLECTION and node.args:
+            out.append(f"{rel}:{line}: reflection reads an object's private state: {ast.unparse(node)}")
         elif isinstance(node, ast.Attribute):
             receiver_is_own = isinstance(node.value, ast.Name) and node.value.id in {"self", "cls"}
             receiver_is_super = isinstance(node.value, ast.Call) and _call_name(node.value.func) == "super"

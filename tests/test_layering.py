@@ -102,6 +102,8 @@ LEAKS = {
     "__dict__": "def f(driver: object) -> object:\n    return driver.__dict__\n",
     "vars": "def f(driver: object) -> object:\n    return vars(driver)\n",
     "swap": "def f(driver: object, other: object) -> None:\n    driver.swap_fleet(other)\n",
+    "getattribute": "def f(d: object, n: str) -> object:\n    return object.__getattribute__(d, n)\n",
+    "gc": "import gc\n\ndef f(d: object) -> object:\n    return gc.get_referents(d)\n",
 }
 
 
