@@ -65,6 +65,8 @@ def test_import_contracts_hold_on_the_tree() -> None:
         ("app/nn/leak.py", "from app.services import models", "no web framework nor database"),
         ("app/calibration/leak.py", "from pydantic import BaseModel", "do not import pydantic"),
         ("app/api/leak.py", "from app.db.repositories import lots", "routers import neither"),
+        ("app/api/leak.py", "from app.db.session import Session", "routers import neither"),
+        ("app/api/leak.py", "import sqlalchemy", "routers import neither"),
     ],
 )
 def test_import_contracts_fail_on_an_injected_import(tree_copy: Path, where: str, line: str, contract: str) -> None:
