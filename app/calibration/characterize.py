@@ -64,11 +64,14 @@ class CharacterizationConfig:
 
     active_fraction : fraction of rows driven by each input vector
     repeat_fraction : fraction of the vectors read twice (read-noise estimate)
-    stuck_prior     : prior probability that a cell is stuck (MAP test)
+    stuck_prior     : prior probability that a cell is stuck (MAP test); ``None`` (default): estimated
+                      from the die's own reads (empirical Bayes, :func:`_stuck_fraction`)
     cells           : "auto" keeps per-cell errors when they explain at least ``min_cell_r2`` of the
                       cell-error variance; True always, False never
     edges           : estimate the ADC decision edges (from ``edge_reads`` vectors per pattern); off by
                       default: measured to change no decision (docs/calibration.md) and 137 kB per die
+    edge_prior_sigma_lsb : spread of the N(0, s^2) prior on the edge offsets; ``None`` (default): the
+                      spread of the die's own pooled edge estimates (:func:`_edge_prior_sigma`)
     max_vectors_per_call : split reads into driver calls of at most this many vectors
     attempts        : tries per driver call after a transient error (1: no retry)
     min_gain        : a bit line whose measured gain ratio is below this (zero, negative, or too
@@ -85,11 +88,12 @@ class CharacterizationConfig:
 
     active_fraction: float = 0.25
     repeat_fraction: float = 0.125
-    stuck_prior: float = 2e-4
+    stuck_prior: float | None = None
     cells: bool | str = "auto"
     min_cell_r2: float = 0.5
     edges: bool = False
     edge_reads: int = 256
+    edge_prior_sigma_lsb: float | None = None
     max_vectors_per_call: int = 4096
     attempts: int = DEFAULT_ATTEMPTS
     min_gain: float = 0.2
@@ -279,6 +283,7 @@ class _LinearFit:
     col_var_h: NDArray[np.float64]  # (m*p,) residual variance of h per column (gain's precision)
     stuck_candidates: int = 0  # cells that pass the MAP test, before confirmation
     stuck_z: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))  # confirmed cells' |d|/sd
+    stuck_prior: float = 0.0  # the prior probability of a stuck cell the MAP test used
 
     def analog(
         self, a: NDArray[np.float32], w_all: NDArray[np.float32], sign: float, cells: bool
@@ -349,7 +354,7 @@ def _fit_linear(
     yn: NDArray[np.float32],
     valid: NDArray[np.bool_],
     live: NDArray[np.bool_],
-    stuck_prior: float,
+    stuck_prior: float | None,
     stuck_min_z: float = 4.5,
     stuck_mag_range: tuple[float, float] = (0.3, 3.0),
 ) -> _LinearFit:
@@ -392,15 +397,17 @@ def _fit_linear(
     d_hat = ((acf.T @ z_c) / energy).astype(np.float32)  # (r, m*p)
     noise_map = 1.0 / np.sqrt(energy)
     mag = np.maximum(np.abs(gain), 0.05)[None, :]
-    prior = math.log((1.0 - stuck_prior) / stuck_prior)
     sd_z = np.sqrt(np.maximum(mk.sumsq(z_c) / cnt, 1e-12))
     stuck = np.zeros(d_hat.shape, dtype=bool)
     candidates = stuck
     z_stuck: NDArray[np.float32] | None = None
     lo, hi = stuck_mag_range
+    used_prior = stuck_prior or 0.0
     for _ in range(2):  # the second pass measures the noise with the stuck cells removed
         s_d = noise_map * sd_z[None, :]
         log_lr = (np.abs(d_hat) * mag - 0.5 * mag**2) / np.maximum(s_d**2, 1e-12)
+        used_prior = _stuck_fraction(log_lr[:, fit_ok]) if stuck_prior is None else stuck_prior
+        prior = math.log((1.0 - used_prior) / used_prior)
         candidates = (log_lr > prior) & fit_ok[None, :]
         # Confirmed: far from 0 in standard errors, and about one cell's contribution in size. A
         # statistic driven by censoring or a bad column fit fails one or the other (no inflated maps).
@@ -465,7 +472,32 @@ def _fit_linear(
         col_var_h=np.asarray(col_var_h, dtype=np.float64),
         stuck_candidates=int(candidates.sum()),
         stuck_z=np.asarray(stuck_z, dtype=np.float64),
+        stuck_prior=float(used_prior),
     )
+
+
+def _stuck_fraction(log_lr: NDArray[np.float32], iterations: int = 100) -> float:
+    """The fraction of stuck cells, estimated from the die's own matched-filter statistics.
+
+    Empirical Bayes: every cell is stuck with an unknown probability ``pi``; ``log_lr`` (cells,
+    columns) is each cell's log likelihood ratio, stuck against healthy. EM on the two-component
+    mixture finds the ``pi`` that makes the reads most likely; a Beta(1, 1) prior on ``pi`` keeps it
+    off 0 and 1 when no cell (or every cell) looks stuck. Nothing here comes from the simulator:
+    domain.md (section 2) names stuck-at cells as a defect but gives no rate.
+    """
+    x = np.asarray(log_lr, dtype=np.float64).ravel()
+    n = x.size
+    if n == 0:
+        return 0.5
+    pi = 1.0 / math.sqrt(n)  # a start between "none" and "many"; EM moves it from there
+    for _ in range(iterations):
+        logit = math.log(pi / (1.0 - pi))
+        resp = 0.5 * (1.0 + np.tanh(0.5 * (x + logit)))  # posterior P(stuck), overflow-free
+        new = (float(resp.sum()) + 1.0) / (n + 2.0)
+        if abs(new - pi) <= 1e-3 * pi:
+            return new
+        pi = new
+    return pi
 
 
 def estimate_signature(
@@ -565,7 +597,7 @@ def estimate_signature(
         # A subsample of the reads is plenty for the edges (each edge sees many reads per column).
         sub_rows = np.arange(0, design.n_distinct, max(1, design.n_distinct // config.edge_reads))
         a_sub = a[sub_rows]
-        edges = _estimate_edges(
+        edges, edge_prior = _estimate_edges(
             g,
             np.concatenate(
                 [fit.analog(a_sub, w_all, 1.0, keep_cells), fit.analog(a_sub, w_all, -1.0, keep_cells)]
@@ -573,10 +605,18 @@ def estimate_signature(
             np.concatenate([cp[sub_rows], cn[sub_rows]]),
             np.repeat(sigma_m, p_),
             live,
+            config.edge_prior_sigma_lsb,
         )
 
     meta = dict(meta or {})
-    meta["stuck"] = {"candidates": int(fit.stuck_candidates), "confirmed": int(fit.stuck.sum())}
+    meta["stuck"] = {
+        "candidates": int(fit.stuck_candidates),
+        "confirmed": int(fit.stuck.sum()),
+        "prior": fit.stuck_prior,
+        "prior_source": "measured" if config.stuck_prior is None else "configured",
+    }
+    if edges is not None:
+        meta["edge_prior_sigma_lsb"] = edge_prior
     if bad.any():
         meta["unusable_cols"] = {
             reason: np.flatnonzero(cols).tolist() for reason, cols in sorted(unusable.items()) if cols.any()
@@ -658,13 +698,15 @@ def _estimate_edges(
     codes: NDArray[np.int16],
     sigma: NDArray[np.float64],
     live: NDArray[np.bool_],
-    prior_sigma_lsb: float = 0.15,
-) -> NDArray[np.float64]:
+    prior_sigma_lsb: float | None = None,
+) -> tuple[NDArray[np.float64], float]:
     """ADC edge offsets (n_cols, levels - 1) in LSB: one Fisher-scoring step of a probit fit per edge.
 
     Model: ``P(code >= k | v) = Phi((v - (k - 0.5 + e_k)) / sigma)``. ``v`` (n, n_cols) predicted analog
     values (MAC), ``codes`` (n, n_cols) the codes read, ``sigma`` (n_cols,) the read noise. The
-    N(0, prior_sigma_lsb^2) prior shrinks edges with little data towards the nominal position.
+    N(0, prior_sigma_lsb^2) prior shrinks edges with little data towards the nominal position; without
+    a ``prior_sigma_lsb`` its spread is measured on the die (:func:`_edge_prior_sigma`). Returns the
+    edges and the prior spread used.
     """
     lsb = g.adc_lsb_mac
     n_cols = v.shape[1]
@@ -687,9 +729,32 @@ def _estimate_edges(
         idx = (col + np.clip(k - g.code_min - 1, 0, n_edges - 1))[ok]
         score += np.bincount(idx, weights=(wgt * ((c >= k) - p) / s)[ok], minlength=score.size)
         info += np.bincount(idx, weights=(wgt * phi / s**2)[ok], minlength=info.size)
-    est = score / (info + 1.0 / prior_sigma_lsb**2)
+    tau = _edge_prior_sigma(score, info) if prior_sigma_lsb is None else prior_sigma_lsb
+    est = score / (info + 1.0 / tau**2)
     # d log L / d e = -score, so the step is -score / info; the sign is folded here.
-    return np.asarray(np.clip(-est, -0.5, 0.5).reshape(n_cols, n_edges), dtype=np.float64)
+    return np.asarray(np.clip(-est, -0.5, 0.5).reshape(n_cols, n_edges), dtype=np.float64), tau
+
+
+EDGE_PRIOR_MAX_LSB = 0.5
+"""The widest edge-offset spread the prior may take: an edge further than half an LSB from its
+nominal position is the neighbouring code's edge (the estimate is clipped there too)."""
+
+
+def _edge_prior_sigma(score: NDArray[np.float64], info: NDArray[np.float64], min_info: float = 4.0) -> float:
+    """The spread of the die's edge offsets, from its own pooled unshrunk edge estimates.
+
+    Each edge with Fisher information ``info >= min_info`` (standard error <= 0.5 LSB) gives an
+    unshrunk estimate ``e = -score / info`` with sampling variance ``1 / info``; the method of moments
+    takes ``tau^2 = mean(e^2 - 1 / info)`` (the spread left after the sampling noise). Kept within
+    [0.02, :data:`EDGE_PRIOR_MAX_LSB`] LSB; with no edge to pool, the widest spread (no shrinkage to
+    speak of). domain.md (section 2) names edge shifts (DNL) but gives no figure to take instead.
+    """
+    ok = info >= min_info
+    if not ok.any():
+        return EDGE_PRIOR_MAX_LSB
+    raw = score[ok] / info[ok]
+    tau2 = float(np.mean(raw**2 - 1.0 / info[ok]))
+    return float(np.clip(math.sqrt(max(tau2, 0.0)), 0.02, EDGE_PRIOR_MAX_LSB))
 
 
 # ------------------------------------------------------------------------------------ entry point
