@@ -51,7 +51,9 @@ def test_each_model_has_its_own_report(session: Session, two_models: tuple[DemoL
     for demo in two_models:
         report = lot_report(session, "DEMO001", model=demo.model)
         assert report.model == demo.model
-        assert {b.soft_bin: b.count for b in report.pareto} == dict(Counter(d.soft_bin for d in demo.with_result))
+        assert {b.soft_bin: b.count for b in report.pareto} == dict(
+            Counter(d.soft_bin for d in demo.with_result)
+        )
         assert (report.n_tested, report.n_passed) == (len(demo.tested), _passed(demo))
         assert sorted(report.accuracy_after_pct) == pytest.approx(
             sorted(100 * (d.accuracy_after or 0) for d in demo.tested)
