@@ -19,8 +19,8 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.db.repositories import models as models_repo
-from app.exports.records import ALARM_BIN
 from app.db.tables import Die, Image, Job, JobItem, JobState, Model, Signature, TestResult, Wafer
+from app.exports.records import ALARM_BIN
 from app.services import lots, signatures
 from app.services import provenance as provenance_service
 from app.services.hardware import TesterProvenance
