@@ -209,8 +209,9 @@ def record_alarm(
                 },
             )
     except IntegrityError:
+        if job is None:
+            raise
         # A concurrent writer stored this (job item, attempt) first: that record stands.
-        assert job is not None
         with _scope(db) as s:
             winner = test_results.for_job_attempt(s, job.item_id, job.attempt)
             assert winner is not None

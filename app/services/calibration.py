@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,11 +20,9 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.calibration.functional import GradeRule
 from app.calibration.pipeline import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BUDGET,
-    FunctionalResult,
     ModelContext,
     SignatureFormatError,
     characterize,
@@ -43,6 +40,7 @@ from app.db.tables import Die, Image, Model, TestResult
 from app.db.tables import Signature as SignatureRow
 from app.errors import AppError, ConflictError, InvalidInputError, NotFoundError
 from app.services import provenance as provenance_service
+from app.services import results
 from app.services.alarms import AlarmRecordedError, JobAttempt, on_site
 from app.services.hardware import DriverPool, TesterProvenance
 from app.services.images import ImageStore
@@ -438,8 +436,8 @@ def functional_test_die(
     try:
         with _scope(db) as s, s.begin_nested():
             if job is not None:
-                _not_recorded(s, job)
-            row = _store_results(
+                results.ensure_not_recorded(s, job)
+            row = results.store_measured(
                 s,
                 die_id,
                 model_id,
@@ -466,7 +464,8 @@ def functional_test_die(
                 },
             )
     except IntegrityError as e:
-        assert job is not None
+        if job is None:
+            raise
         raise AlarmRecordedError(
             f"job item {job.item_id} attempt {job.attempt} already has a record; this result is not stored"
         ) from e
@@ -488,64 +487,4 @@ def functional_test_die(
         image.content_sha256,
         True,
         prov,
-    )
-
-
-def _not_recorded(s: Session, job: JobAttempt) -> None:
-    done = test_results.for_job_attempt(s, job.item_id, job.attempt)
-    if done is not None:
-        raise AlarmRecordedError(
-            f"job item {job.item_id} attempt {job.attempt} is already recorded "
-            f"(soft bin {done.soft_bin}: {done.reason or 'measured'}); this result is not stored"
-        )
-
-
-def _store_results(
-    s: Session,
-    die_id: int,
-    model_id: int,
-    image_id: int,
-    before: FunctionalResult | None,
-    after: FunctionalResult,
-    bins: tuple[int, int],
-    grades: Sequence[GradeRule],
-    prov: TesterProvenance,
-    job: JobAttempt | None,
-    probe_retries: int,
-) -> TestResult:
-    """The measured results (before calibration when measured, then after) in the caller's transaction;
-    the calibrated one carries the job item and attempt."""
-    prov_id = provenance_service.record(s, prov).id
-    if before is not None:
-        hb, sb, _ = grade(before.accuracy, pass_grades=grades)
-        test_results.add(
-            s,
-            TestResult(
-                die_id=die_id,
-                model_id=model_id,
-                image_id=None,
-                accuracy=before.accuracy,
-                hard_bin=hb,
-                soft_bin=sb,
-                test_time_s=before.tester_s,
-                retries=before.retries,
-                provenance_id=prov_id,
-            ),
-        )
-    hard, soft = bins
-    return test_results.add(
-        s,
-        TestResult(
-            die_id=die_id,
-            model_id=model_id,
-            image_id=image_id,
-            accuracy=after.accuracy,
-            hard_bin=hard,
-            soft_bin=soft,
-            test_time_s=after.tester_s,
-            retries=probe_retries + after.retries,
-            provenance_id=prov_id,
-            job_item_id=None if job is None else job.item_id,
-            attempt=None if job is None else job.attempt,
-        ),
     )

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db.session import session_scope
-from app.exports import stdf
+from app.exports import e142, stdf
 from app.jobs.steps import calibration_steps
 from app.services import jobs
 from app.services.jobs import STEP_ORDER, ExecutionContext, RetryPolicy, process_chunk
@@ -99,6 +99,13 @@ def test_injected_faults_export_no_invented_values(
         ("1", "1"),
         ("1", "1"),
     ]
+
+    # E142: the alarm bin is named for what it is; a picker does not take it.
+    r = client.get(f"/v1/lots/{LOT}/wafers/1/e142", headers=headers)
+    assert r.status_code == 200, r.text
+    wafer_map = e142.read_e142(r.content)
+    assert sorted(b for b in wafer_map.bins.values() if b is not None) == [0, 0, 12]
+    assert (wafer_map.bin_info[0].name, wafer_map.bin_info[0].passed) == ("tester alarm (retest)", False)
 
     # Dashboard: yields count verdicts only; accuracy statistics hold no alarm.
     lot = client.get(f"/v1/dashboard/lots/{LOT}", headers=headers).json()
