@@ -129,6 +129,10 @@ class ImageOut:
 
 @dataclass(frozen=True)
 class FunctionalTestOut:
+    """One test record of the die. ``accuracy_pct`` / ``test_time_s`` ``None``: nothing was measured (a
+    tester alarm, soft bin 0, whose ``passed`` is ``None``: retest, no verdict; or a die fault), with
+    ``alarm_code``, ``step`` and ``reason`` saying what happened."""
+
     model: str
     model_version: str
     calibrated: bool
