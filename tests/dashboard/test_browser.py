@@ -119,7 +119,9 @@ def test_home_lists_the_lot(signed_in: WebDriver, live_server: LiveServer, scree
     passed = sum(1 <= d.soft_bin <= 9 for d in demo.tested if d.soft_bin is not None)
     assert cells[7] == str(passed)
     assert f"{100 * passed / len(demo.tested):.1f} %" in cells[8]
-    assert "running" in cells[9]
+    first = sum(bool(d.first_pass) for d in demo.with_result)
+    assert f"{100 * first / len(demo.with_result):.1f} %" in cells[9]
+    assert "running" in cells[10]
     _shot(signed_in, screenshot_dir, "dashboard-home")
     assert _console_errors(signed_in) == []
 

@@ -232,6 +232,7 @@
         h("td", { class: "num" }, l.n_tested),
         h("td", { class: "num" }, l.n_passed),
         h("td", {}, yieldCell(l.yield_pct)),
+        h("td", {}, yieldCell(l.first_pass_yield_pct)),
         h("td", {}, jobBadge(l.latest_job)),
         h("td", { class: "models" }, l.models.length ? l.models.flatMap((m, i) => [i ? ", " : null, link(withModel(`/dashboard/lots/${enc(l.lot_id)}`, m.model), `${m.model} (${m.n_tested})`)]) : dash),
       ),
@@ -239,9 +240,9 @@
     const jobRows = jobs.map((j) => [link(`/dashboard/jobs/${j.id}`, `#${j.id}`), j.kind, h("span", { class: `badge state-${j.state}` }, j.state), j.created_by, when(j.created_at), when(j.finished_at)]);
     render(
       h("h1", {}, "Lots"),
-      h("p", { class: "muted" }, "Tested, pass and yield are of each lot's most-tested model."),
+      h("p", { class: "muted" }, "Tested, pass and yields are of each lot's most-tested model. Tested: dies with a verdict (a tester alarm is a retest, not a verdict). Final yield: last verdict; first pass: the first test passed."),
       lots.items.length
-        ? table(["Lot", "Product", "Registered", "Wafers", "Dies", "Characterized", "Tested", "Pass", "Yield", "Latest job", "Models (dies tested)"], rows, { id: "lots" })
+        ? table(["Lot", "Product", "Registered", "Wafers", "Dies", "Characterized", "Tested", "Pass", "Final yield", "First-pass yield", "Latest job", "Models (dies tested)"], rows, { id: "lots" })
         : h("p", { class: "muted" }, "No lots registered yet."),
       lots.total > lots.items.length ? h("p", { class: "muted" }, `Showing ${lots.items.length} of ${lots.total} lots.`) : null,
       section("Recent jobs", jobs.length ? table(["Job", "Kind", "State", "By", "Created", "Finished"], jobRows, { id: "jobs" }) : h("p", { class: "muted" }, "No jobs yet.")),

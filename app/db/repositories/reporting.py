@@ -206,20 +206,22 @@ def lot_counts(session: Session, lot_ids: Collection[str]) -> dict[str, LotCount
 def model_counts(
     session: Session, lot_ids: Collection[str], *, pass_bins: tuple[int, int], alarm_bin: int
 ) -> list[ModelCounts]:
-    """Per (lot, model) tested on it: dies with a verdict with that model, dies whose final verdict
-    with it is within ``pass_bins`` (inclusive), and the latest test time. A record in ``alarm_bin``
-    is a retest, not a verdict: a die whose only records are alarms is not counted. The final
-    verdict is the latest calibrated or unmeasured (die fault) record, else the latest measured one
-    before calibration. Ordered by lot, then model id."""
+    """Per (lot, model) tested on it (a verdict or an alarm): dies with a verdict with that model,
+    dies whose final verdict with it is within ``pass_bins`` (inclusive), and the latest test time.
+    A record in ``alarm_bin`` is a retest, not a verdict: a die whose only records are alarms is not
+    counted as tested (its model is still listed). The final verdict is the latest calibrated or
+    unmeasured (die fault) record, else the latest measured one before calibration. Ordered by lot,
+    then model id."""
     if not lot_ids:
         return []
     per_die_model = (TestResult.die_id, TestResult.model_id)
+    verdict = case((TestResult.soft_bin != alarm_bin, 1), else_=0)
     decisive = case((TestResult.image_id.is_not(None) | TestResult.accuracy.is_(None), 1), else_=0)
     rank = (
         func.row_number()
         .over(
             partition_by=per_die_model,
-            order_by=(decisive.desc(), TestResult.created_at.desc(), TestResult.id.desc()),
+            order_by=(verdict.desc(), decisive.desc(), TestResult.created_at.desc(), TestResult.id.desc()),
         )
         .label("rank")
     )
@@ -233,7 +235,7 @@ def model_counts(
         )
         .join(Die, TestResult.die_id == Die.id)
         .join(Wafer, Die.wafer_id == Wafer.id)
-        .where(Wafer.lot_id.in_(list(lot_ids)), TestResult.soft_bin != alarm_bin)
+        .where(Wafer.lot_id.in_(list(lot_ids)))
         .subquery()
     )
     lo, hi = pass_bins
@@ -244,7 +246,7 @@ def model_counts(
             final.c.model_id,
             Model.name,
             Model.version,
-            func.count(),
+            func.sum(case((final.c.soft_bin != alarm_bin, 1), else_=0)),
             passed,
             func.max(final.c.last_at),
         )
@@ -254,9 +256,58 @@ def model_counts(
         .order_by(final.c.lot_id, final.c.model_id)
     )
     return [
-        ModelCounts(lot, model_id, name, version, int(n), int(p or 0), last)
+        ModelCounts(lot, model_id, name, version, int(n or 0), int(p or 0), last)
         for lot, model_id, name, version, n, p, last in session.execute(stmt)
     ]
+
+
+def first_tests(
+    session: Session, lot_ids: Collection[str], *, pass_bins: tuple[int, int], alarm_bin: int
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Per (lot, model): dies with at least one test event with the model and dies whose first event
+    is a verdict within ``pass_bins``. Events are alarms (``alarm_bin``) and verdicts: calibrated or
+    unmeasured results, or, for a die that has neither, its results before calibration (the rule of
+    app/services/reporting/rows.py, in SQL for the lot list)."""
+    if not lot_ids:
+        return {}
+    per_die_model = (TestResult.die_id, TestResult.model_id)
+    is_alarm = TestResult.soft_bin == alarm_bin
+    decisive = case(
+        (~is_alarm & (TestResult.image_id.is_not(None) | TestResult.accuracy.is_(None)), 1), else_=0
+    )
+    rows = (
+        select(
+            Wafer.lot_id.label("lot_id"),
+            TestResult.id.label("id"),
+            TestResult.die_id.label("die_id"),
+            TestResult.model_id.label("model_id"),
+            TestResult.soft_bin.label("soft_bin"),
+            TestResult.created_at.label("created_at"),
+            case((is_alarm, 1), else_=0).label("alarm"),
+            decisive.label("decisive"),
+            func.max(decisive).over(partition_by=per_die_model).label("any_decisive"),
+        )
+        .join(Die, TestResult.die_id == Die.id)
+        .join(Wafer, Die.wafer_id == Wafer.id)
+        .where(Wafer.lot_id.in_(list(lot_ids)))
+        .subquery()
+    )
+    order = func.row_number().over(
+        partition_by=(rows.c.die_id, rows.c.model_id), order_by=(rows.c.created_at, rows.c.id)
+    )
+    events = (
+        select(rows.c.lot_id, rows.c.model_id, rows.c.soft_bin, order.label("rank"))
+        .where((rows.c.alarm == 1) | (rows.c.decisive == 1) | (rows.c.any_decisive == 0))
+        .subquery()
+    )
+    lo, hi = pass_bins
+    passed = func.sum(case((events.c.soft_bin.between(lo, hi), 1), else_=0))
+    stmt = (
+        select(events.c.lot_id, events.c.model_id, func.count(), passed)
+        .where(events.c.rank == 1)
+        .group_by(events.c.lot_id, events.c.model_id)
+    )
+    return {(lot, int(m)): (int(n), int(p or 0)) for lot, m, n, p in session.execute(stmt)}
 
 
 def jobs_for_lots(session: Session, lot_ids: Collection[str]) -> list[JobLink]:

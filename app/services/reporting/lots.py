@@ -48,7 +48,8 @@ class JobLinkOut:
 
 @dataclass(frozen=True)
 class LotRow:
-    """A lot in the list; the tested / passing counts and yield are of ``model``."""
+    """A lot in the list; the tested / passing counts and yields are of ``model``: ``yield_pct`` final
+    (dies with a verdict), ``first_pass_yield_pct`` of the first test events (alarms included)."""
 
     lot_id: str
     product: str
@@ -62,6 +63,7 @@ class LotRow:
     yield_pct: float | None
     models: list[ModelTested]
     latest_job: JobLinkOut | None
+    first_pass_yield_pct: float | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ def list_lots(session: Session, *, limit: int, offset: int, model: str | None = 
     by_lot: dict[str, list[ModelCounts]] = defaultdict(list)
     for mc in repo.model_counts(session, ids, pass_bins=PASS_BINS, alarm_bin=ALARM_BIN):
         by_lot[mc.lot_id].append(mc)
+    first = repo.first_tests(session, ids, pass_bins=PASS_BINS, alarm_bin=ALARM_BIN)
     jobs = _job_links(session, ids)
     items = []
     for lot in page:
@@ -97,6 +100,9 @@ def list_lots(session: Session, *, limit: int, offset: int, model: str | None = 
         shown = chosen or default_model(lot.lot_id, ranked, WhenSeveral.most_tested)
         of_shown = next((m for m in ranked if shown is not None and m.model_id == shown.id), None)
         n_tested, n_passed = (0, 0) if of_shown is None else (of_shown.n_tested, of_shown.n_passed)
+        n_first_tested, n_first_passed = (
+            (0, 0) if shown is None else first.get((lot.lot_id, shown.id), (0, 0))
+        )
         items.append(
             LotRow(
                 lot_id=lot.lot_id,
@@ -111,6 +117,7 @@ def list_lots(session: Session, *, limit: int, offset: int, model: str | None = 
                 yield_pct=yield_pct(n_passed, n_tested),
                 models=[model_tested(m) for m in ranked],
                 latest_job=next(iter(jobs.get(lot.lot_id, [])), None),
+                first_pass_yield_pct=yield_pct(n_first_passed, n_first_tested),
             )
         )
     return LotList(items=items, total=total, limit=limit, offset=offset)

@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from app.db.tables import Die, Model, TestResult
-from app.services.reporting.lots import lot_report
+from app.services.reporting.lots import list_lots, lot_report
 from app.services.reporting.rows import die_rows
 from app.services.reporting.scope import find_model
 from app.services.reporting.yields import yields
@@ -78,3 +78,20 @@ def test_first_pass_and_final_yield(session: Session, lot: dict[str, Die]) -> No
     assert {b.soft_bin: b.count for b in report.pareto} == {1: 3, 0: 1}
     (tested,) = report.models  # the SQL of the lot list agrees: the alarm-only die is not tested
     assert (tested.n_tested, tested.n_passed) == (3, 3)
+    (row,) = list_lots(session, limit=10, offset=0).items
+    assert (row.n_tested, row.n_passed, row.yield_pct, row.first_pass_yield_pct) == (3, 3, 100.0, 25.0)
+
+
+def test_a_lot_with_only_alarms_shows_them_and_tests_nothing(session: Session, lot: dict[str, Die]) -> None:
+    m = add_model(session, "a")
+    for i, die in enumerate(lot.values()):
+        _alarm(session, die, m, at=i)
+    report = lot_report(session, "L2")
+    assert report.model == "a@1"  # the model is known from its alarms
+    assert (report.n_tested, report.n_passed, report.yield_pct) == (0, 0, None)
+    assert report.yields is not None and report.yields.n_retest_pending == 4
+    assert report.yields.first_pass_yield_pct == 0.0
+    assert [(b.soft_bin, b.count) for b in report.pareto] == [(0, 4)]
+    assert report.accuracy_before_pct == report.accuracy_after_pct == []
+    (row,) = list_lots(session, limit=10, offset=0).items
+    assert (row.model, row.n_tested, row.yield_pct, row.first_pass_yield_pct) == ("a@1", 0, None, 0.0)
