@@ -118,6 +118,12 @@ def test_injected_faults_export_no_invented_values(
     assert {b["soft_bin"]: b["count"] for b in lot["pareto"]} == {0: 2, 12: 1}
     (models,) = lot["models"]
     assert (models["n_tested"], models["n_passed"]) == (1, 0)  # the lot list's SQL agrees
+    (listed,) = [
+        row
+        for row in client.get("/v1/dashboard/lots", headers=headers).json()["items"]
+        if row["lot_id"] == LOT
+    ]
+    assert (listed["n_tested"], listed["yield_pct"], listed["first_pass_yield_pct"]) == (1, 0.0, 0.0)
     wafer = client.get(f"/v1/dashboard/lots/{LOT}/wafers/1", headers=headers).json()
     assert (wafer["n_tested"], wafer["yields"]["n_retest_pending"]) == (1, 2)
     assert all(d["accuracy_before_pct"] is None and d["test_time_s"] is None for d in wafer["dies"])
