@@ -1,0 +1,250 @@
+"""The predicted distribution of every sampled calibration patch's code sum on one die.
+
+From the signature alone (gain, offset, ADC edges, per-cell errors, stuck cells, read noise), per column
+tile of a layer: one :class:`Instance` per tile copy, and their :class:`SampleModel`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import ndtr
+
+from app.calibration.activations import LayerStats
+from app.calibration.compensation.config import CompensationConfig
+from app.calibration.signature import Signature
+from hardware.chip import ChipGeometry, NetworkProgram, Tile
+
+
+@dataclass
+class Instance:
+    """One tile on the die, for the channels of one column tile: per-channel quantities (nc,)."""
+
+    row_tile: int
+    gain: NDArray[np.float64]
+    offset: NDArray[np.float64]
+    sigma: float
+    dead: NDArray[np.bool_]
+    dead_code: NDArray[np.float64]
+    edges: NDArray[np.float64]  # (nc, levels - 1) MAC
+    extra: NDArray[np.float64] | None  # (nc, n) MAC: cell-error and stuck-cell terms of each sample
+
+
+def _clipped_normal_mean(
+    mu: NDArray[np.float64], sd: NDArray[np.float64], lo: float, hi: float
+) -> NDArray[np.float64]:
+    a = (lo - mu) / sd
+    b = (hi - mu) / sd
+    pa, pb = ndtr(a), ndtr(b)
+    phi_a = np.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
+    phi_b = np.exp(-0.5 * b * b) / math.sqrt(2 * math.pi)
+    return np.asarray(lo * pa + hi * (1.0 - pb) + mu * (pb - pa) + sd * (phi_a - phi_b), dtype=np.float64)
+
+
+def _code_moments(
+    v: NDArray[np.float64], sd: NDArray[np.float64], edges: NDArray[np.float64], geometry: ChipGeometry
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Mean and variance of the ADC code for analog values ``v`` (nc, n) with noise ``sd`` (nc, n).
+
+    ``edges`` (nc, levels-1) in MAC. Where the noise is below half an LSB the staircase is evaluated
+    exactly on the five nearest edges; above, the dithered ADC is linear up to the rails.
+    """
+    lsb = geometry.adc_lsb_mac
+    lo, hi = float(geometry.code_min), float(geometry.code_max)
+    # The rails only bend the mean within a few sigma of them.
+    mean = v / lsb
+    near = (np.abs(v) + 6.0 * sd) >= min(-lo, hi) * lsb
+    if np.any(near):
+        mean[near] = _clipped_normal_mean(v[near] / lsb, sd[near] / lsb, lo, hi)
+    var = (sd / lsb) ** 2 + 1.0 / 12.0
+    fine = sd < 0.5 * lsb
+    if np.any(fine):
+        ci, si = np.nonzero(fine)
+        vv, ss = v[ci, si], sd[ci, si]
+        k0 = np.clip(np.rint(vv / lsb), lo, hi).astype(np.int64)
+        base = np.zeros_like(vv)
+        e_sum = np.zeros_like(vv)
+        e_sq = np.zeros_like(vv)
+        lo_k = k0 - 2
+        # code = (lo_k - 1) + sum_j I_j over edges j = lo_k..lo_k+4 (edges outside the ADC do not exist)
+        for j in range(5):
+            k = lo_k + j
+            valid = (k > lo) & (k <= hi)
+            idx = np.clip(k - int(lo) - 1, 0, edges.shape[1] - 1)
+            p = np.where(
+                valid, ndtr((vv - edges[ci, idx]) / np.maximum(ss, 1e-9)), (k <= lo).astype(np.float64)
+            )
+            e_sum += p
+            e_sq += (2 * (j + 1) - 1) * p
+        base = (lo_k - 1).astype(np.float64)
+        mean[ci, si] = base + e_sum
+        var[ci, si] = np.maximum(e_sq - e_sum**2, 1e-12)
+    return mean, var
+
+
+def _tile_extras(
+    stats: LayerStats,
+    program: NetworkProgram,
+    layer_name: str,
+    tiles: Sequence[Tile],
+    col_map: NDArray[np.int16],
+    signature: Signature,
+    use_cells: bool,
+) -> list[NDArray[np.float64] | None]:
+    """Analog terms (nc, n) MAC of the sampled patches beyond ``gain * ideal sum``, per tile of one
+    column tile: the per-cell errors (one matrix product per row tile, all copies at once) and the
+    stuck cells (sparse)."""
+    c0, nc = tiles[0].col_start, tiles[0].n_cols
+    idx = stats.sample_idx[c0 : c0 + nc]  # (nc, n)
+    wm_all = program.layer(layer_name).weight_matrix()
+    cells = signature.cell_error is not None and use_cells
+    out: list[NDArray[np.float64] | None] = [None] * len(tiles)
+    if cells:
+        assert signature.cell_error is not None
+        rows_of = np.unique(idx)  # the pool patches some channel sampled
+        where = np.searchsorted(rows_of, idx)  # (nc, n) positions in rows_of
+        for rt in sorted({t.row_tile for t in tiles}):
+            members = [i for i, t in enumerate(tiles) if t.row_tile == rt]
+            r0, nr = tiles[members[0]].row_start, tiles[members[0]].n_rows
+            wm = wm_all[r0 : r0 + nr, c0 : c0 + nc].astype(np.float32)  # (nr, nc)
+            coefs = []
+            for i in members:
+                t = tiles[i]
+                phys = col_map[t.macro, :nc].astype(np.int64)
+                err = signature.cell_error[t.macro, :nr, :][:, phys]
+                coefs.append(wm * err * signature.gain[t.macro, phys][None, :])  # beyond g * w, per row
+            x = stats.pool[rows_of, r0 : r0 + nr].astype(np.float32)  # (u, nr)
+            full = x @ np.concatenate(coefs, axis=1)  # (u, nc * copies)
+            for k, i in enumerate(members):
+                part = full[:, k * nc : (k + 1) * nc]
+                out[i] = np.take_along_axis(part, where.T, axis=0).T.astype(np.float64)
+    s = signature.stuck
+    for i, t in enumerate(tiles):
+        phys = col_map[t.macro, :nc].astype(np.int64)
+        r0, nr = t.row_start, t.n_rows
+        sel = np.flatnonzero((s.macro == t.macro) & (s.row < nr) & np.isin(s.col, phys))
+        if sel.size == 0:
+            continue
+        prev = out[i]
+        extra = prev if prev is not None else np.zeros(idx.shape, np.float64)
+        col_of = {int(p): j for j, p in enumerate(phys)}
+        for k in sel.tolist():
+            j, r = col_of[int(s.col[k])], int(s.row[k])
+            rel = (
+                1.0 + float(signature.cell_error[t.macro, r, s.col[k]])
+                if cells and signature.cell_error is not None
+                else 1.0
+            )
+            healthy = float(wm_all[r0 + r, c0 + j]) * float(signature.gain[t.macro, s.col[k]]) * rel
+            delta = float(s.value[k]) * float(s.magnitude[k]) - healthy
+            extra[j] += delta * stats.pool[idx[j], r0 + r].astype(np.float64)
+        out[i] = extra
+    return out
+
+
+def tile_instances(
+    stats: LayerStats,
+    program: NetworkProgram,
+    layer_name: str,
+    tiles: Sequence[Tile],
+    col_map: NDArray[np.int16],
+    signature: Signature,
+    config: CompensationConfig,
+) -> list[Instance]:
+    out = []
+    edges_all = signature.edges_mac() if config.use_edges else None
+    g = signature.geometry
+    extras = _tile_extras(stats, program, layer_name, tiles, col_map, signature, config.use_cell_error)
+    for t, extra in zip(tiles, extras, strict=True):
+        phys = col_map[t.macro, : t.n_cols].astype(np.int64)
+        if edges_all is None:
+            k = np.arange(g.code_min + 1, g.code_max + 1, dtype=np.float64)
+            edges = np.tile((k - 0.5) * g.adc_lsb_mac, (t.n_cols, 1))
+        else:
+            edges = edges_all[t.macro, phys].astype(np.float64)
+        out.append(
+            Instance(
+                row_tile=t.row_tile,
+                gain=signature.gain[t.macro, phys].astype(np.float64),
+                offset=signature.offset_mac[t.macro, phys].astype(np.float64),
+                sigma=float(signature.noise_sigma_mac[t.macro]),
+                dead=signature.dead_cols[t.macro, phys],
+                dead_code=signature.dead_code[t.macro, phys].astype(np.float64),
+                edges=edges,
+                extra=extra,
+            )
+        )
+    return out
+
+
+@dataclass
+class SampleModel:
+    """Predicted code-sum distribution of every sampled patch of one column tile (computed once).
+
+    One tile: the analog value ``v`` and noise ``sd`` (nc, n), decided exactly against the ADC edge
+    of the candidate threshold. Several tiles: mean and variance (nc, n) of the summed codes (a
+    Gaussian with continuity correction).
+    """
+
+    single: Instance | None
+    center: NDArray[np.float64]
+    spread: NDArray[np.float64]
+    geometry: ChipGeometry
+
+    def prob(self, candidates: NDArray[np.int64]) -> NDArray[np.float64]:
+        """P(sum of codes >= T) (nc, n, n_cand) for thresholds ``candidates`` (nc, n_cand)."""
+        g = self.geometry
+        inst = self.single
+        if inst is None:
+            z = (self.center[:, :, None] - candidates[:, None, :] + 0.5) / self.spread[:, :, None]
+            return np.asarray(ndtr(z), dtype=np.float64)
+        t = candidates
+        idx = np.clip(t - g.code_min - 1, 0, g.adc_levels - 2)
+        edge = np.take_along_axis(inst.edges, idx, axis=1)  # (nc, n_cand)
+        p = ndtr((self.center[:, :, None] - edge[:, None, :]) / self.spread[:, :, None])
+        p = np.where((t <= g.code_min)[:, None, :], 1.0, p)
+        p = np.where((t > g.code_max)[:, None, :], 0.0, p)
+        if np.any(inst.dead):
+            dead_p = (inst.dead_code[:, None] >= t).astype(np.float64)
+            p = np.where(inst.dead[:, None, None], dead_p[:, None, :], p)
+        return np.asarray(p, dtype=np.float64)
+
+
+def sample_model(
+    stats: LayerStats, c0: int, nc: int, instances: Sequence[Instance], signature: Signature, use_cells: bool
+) -> SampleModel:
+    """The :class:`SampleModel` of channels c0..c0+nc on the die described by ``signature``."""
+    g = signature.geometry
+    resid = (
+        signature.cell_residual_sigma
+        if (use_cells and signature.cell_error is not None)
+        else signature.cell_sigma
+    )
+    s_sum = stats.tile_sum[c0 : c0 + nc].astype(np.float64)  # (nc, n, n_rt)
+    n_act = stats.tile_active[c0 : c0 + nc].astype(np.float64)
+
+    def analog(inst: Instance) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        v = inst.gain[:, None] * s_sum[:, :, inst.row_tile] + inst.offset[:, None]
+        if inst.extra is not None:
+            v = v + inst.extra
+        sd = np.sqrt(inst.sigma**2 + (inst.gain[:, None] * resid) ** 2 * n_act[:, :, inst.row_tile])
+        return v, np.maximum(sd, 1e-9)
+
+    if len(instances) == 1:
+        v, sd = analog(instances[0])
+        return SampleModel(instances[0], v, sd, g)
+    mean = np.zeros(s_sum.shape[:2])
+    var = np.zeros(s_sum.shape[:2])
+    for inst in instances:
+        v, sd = analog(inst)
+        m, vv = _code_moments(v, sd, inst.edges, g)
+        if np.any(inst.dead):
+            m = np.where(inst.dead[:, None], inst.dead_code[:, None], m)
+            vv = np.where(inst.dead[:, None], 0.0, vv)
+        mean += m
+        var += vv
+    return SampleModel(None, mean, np.sqrt(np.maximum(var, 1e-12)), g)

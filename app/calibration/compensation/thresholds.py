@@ -1,0 +1,71 @@
+"""Per-channel integer thresholds: maximise the predicted agreement with the ideal chip's decisions
+while keeping each channel's predicted firing rate at the ideal one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from app.calibration.activations import LayerStats
+from app.calibration.compensation.config import CompensationConfig
+from app.calibration.compensation.prediction import Instance, sample_model
+from app.calibration.signature import Signature
+
+
+def _first_guess(stats: LayerStats, c0: int, nc: int, instances: Sequence[Instance]) -> NDArray[np.int64]:
+    """Threshold (nc,): the predicted mean code sum of the samples closest to the ideal boundary."""
+    t_ideal = stats.threshold[c0 : c0 + nc].astype(np.float64)
+    s_sum = stats.tile_sum[c0 : c0 + nc].astype(np.float64)  # (nc, n, n_rt)
+    near = np.abs(s_sum.sum(axis=2) - t_ideal[:, None] + 0.5) <= 2.0
+    w = np.where(near, 1.0, 1e-6)
+    at_boundary = (s_sum * w[:, :, None]).sum(axis=1) / w.sum(axis=1)[:, None]  # (nc, n_rt)
+    guess = np.zeros(nc)
+    for inst in instances:
+        part = inst.gain * at_boundary[:, inst.row_tile] + inst.offset
+        guess += np.where(inst.dead, inst.dead_code, part)
+    return np.rint(guess + 0.5).astype(np.int64)
+
+
+def optimise_thresholds(
+    stats: LayerStats,
+    c0: int,
+    nc: int,
+    instances: Sequence[Instance],
+    signature: Signature,
+    config: CompensationConfig,
+) -> tuple[NDArray[np.int32], NDArray[np.float64]]:
+    """Best integer thresholds (nc,) and their predicted agreement (nc,) for one column tile."""
+    guess = _first_guess(stats, c0, nc, instances)
+    model = sample_model(stats, c0, nc, instances, signature, config.use_cell_error)
+    w = stats.weight[c0 : c0 + nc].astype(np.float64)
+    y = stats.ideal[c0 : c0 + nc]
+    rate_ideal = np.einsum("cn,cn->c", w, y.astype(np.float64))[:, None]
+    rows = np.arange(nc)
+
+    def best_of(cand: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.intp]]:
+        p = model.prob(cand)
+        agree = np.einsum("cn,cnk->ck", w, np.where(y[:, :, None], p, 1.0 - p))
+        bias = np.einsum("cn,cnk->ck", w, p) - rate_ideal
+        best = np.argmax(agree - config.bias_weight * bias**2, axis=1)
+        return cand[rows, best], agree[rows, best], best
+
+    offsets = np.arange(-config.window, config.window + 1)
+    center = guess.copy()
+    for _ in range(3):
+        chosen, agreement, best = best_of(center[:, None] + offsets[None, :])
+        at_edge = (best == 0) | (best == offsets.size - 1)
+        if not np.any(at_edge):
+            return chosen.astype(np.int32), agreement
+        center = np.where(at_edge, chosen, center)
+    # Still on the edge of the window (a guess far off, e.g. next to a dead bit line): scan the whole
+    # range the predicted sums span, coarsely, then refine around the best coarse candidate.
+    lo = np.floor((model.center - 4.0 * model.spread).min(axis=1)).astype(np.int64)
+    hi = np.ceil((model.center + 4.0 * model.spread).max(axis=1)).astype(np.int64) + 1
+    step = max(1, config.window)
+    grid = lo[:, None] + step * np.arange(int(np.ceil((hi - lo).max() / step)) + 1)[None, :]
+    coarse, _, _ = best_of(np.concatenate([grid, chosen[:, None]], axis=1))
+    center = np.where(at_edge, coarse, chosen)
+    chosen, agreement, _ = best_of(center[:, None] + offsets[None, :])
+    return chosen.astype(np.int32), agreement
