@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 from app.calibration.activations import ActivationStats
 from app.calibration.compensation.config import ALGORITHM_VERSION, CompensationConfig
 from app.calibration.compensation.layout import choose_replicas, place_routed, place_tiles
+from app.calibration.compensation.precompute import model_tables
 from app.calibration.compensation.prediction import tile_instances
 from app.calibration.compensation.thresholds import optimise_thresholds
 from app.calibration.signature import Signature
@@ -73,6 +74,7 @@ def compensate_image(
         program, stats, signature, replicas, reroute=config.reroute
     )
     macros = place_routed(program, tiles, col_map, g)
+    tables = model_tables(program, stats)
     thresholds: dict[str, NDArray[np.int32]] = {}
     layer_agree: dict[str, float] = {}
     for layer in program.binary_layers():
@@ -83,7 +85,7 @@ def compensate_image(
         for ct in sorted({t.col_tile for t in layer_tiles}):
             group = [t for t in layer_tiles if t.col_tile == ct]
             c0, nc = group[0].col_start, group[0].n_cols
-            inst = tile_instances(ls, program, layer.name, group, col_map, signature, config)
+            inst = tile_instances(tables, layer.name, group, col_map, signature, config)
             thr[c0 : c0 + nc], agree[c0 : c0 + nc] = optimise_thresholds(ls, c0, nc, inst, signature, config)
         thresholds[layer.name] = thr
         layer_agree[layer.name] = float(agree.mean())

@@ -11,13 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 from scipy.special import ndtr
 
 from app.calibration.activations import LayerStats
 from app.calibration.compensation.config import CompensationConfig
+from app.calibration.compensation.precompute import ModelTables
 from app.calibration.signature import Signature
-from hardware.chip import ChipGeometry, NetworkProgram, Tile
+from hardware.chip import ChipGeometry, Tile
 
 
 @dataclass
@@ -87,8 +89,7 @@ def _code_moments(
 
 
 def _tile_extras(
-    stats: LayerStats,
-    program: NetworkProgram,
+    tables: ModelTables,
     layer_name: str,
     tiles: Sequence[Tile],
     col_map: NDArray[np.int16],
@@ -96,17 +97,16 @@ def _tile_extras(
     use_cells: bool,
 ) -> list[NDArray[np.float64] | None]:
     """Analog terms (nc, n) MAC of the sampled patches beyond ``gain * ideal sum``, per tile of one
-    column tile: the per-cell errors (one matrix product per row tile, all copies at once) and the
-    stuck cells (sparse)."""
+    column tile: the per-cell errors (one batched product per row tile over the channels' own sampled
+    patches, all copies at once) and the stuck cells (sparse)."""
+    stats = tables.stats.layers[layer_name]
     c0, nc = tiles[0].col_start, tiles[0].n_cols
     idx = stats.sample_idx[c0 : c0 + nc]  # (nc, n)
-    wm_all = program.layer(layer_name).weight_matrix()
+    wm_all = tables.weights[layer_name]
     cells = signature.cell_error is not None and use_cells
     out: list[NDArray[np.float64] | None] = [None] * len(tiles)
     if cells:
         assert signature.cell_error is not None
-        rows_of = np.unique(idx)  # the pool patches some channel sampled
-        where = np.searchsorted(rows_of, idx)  # (nc, n) positions in rows_of
         for rt in sorted({t.row_tile for t in tiles}):
             members = [i for i, t in enumerate(tiles) if t.row_tile == rt]
             r0, nr = tiles[members[0]].row_start, tiles[members[0]].n_rows
@@ -117,11 +117,10 @@ def _tile_extras(
                 phys = col_map[t.macro, :nc].astype(np.int64)
                 err = signature.cell_error[t.macro, :nr, :][:, phys]
                 coefs.append(wm * err * signature.gain[t.macro, phys][None, :])  # beyond g * w, per row
-            x = stats.pool[rows_of, r0 : r0 + nr].astype(np.float32)  # (u, nr)
-            full = x @ np.concatenate(coefs, axis=1)  # (u, nc * copies)
+            coef = torch.from_numpy(np.ascontiguousarray(np.stack(coefs, axis=0).transpose(2, 0, 1)))
+            full = torch.bmm(coef, tables.patches(layer_name, c0, nc, r0, nr)).numpy()  # (nc, copies, n)
             for k, i in enumerate(members):
-                part = full[:, k * nc : (k + 1) * nc]
-                out[i] = np.take_along_axis(part, where.T, axis=0).T.astype(np.float64)
+                out[i] = full[:, k, :].astype(np.float64)
     s = signature.stuck
     for i, t in enumerate(tiles):
         phys = col_map[t.macro, :nc].astype(np.int64)
@@ -131,24 +130,23 @@ def _tile_extras(
             continue
         prev = out[i]
         extra = prev if prev is not None else np.zeros(idx.shape, np.float64)
-        col_of = {int(p): j for j, p in enumerate(phys)}
-        for k in sel.tolist():
-            j, r = col_of[int(s.col[k])], int(s.row[k])
-            rel = (
-                1.0 + float(signature.cell_error[t.macro, r, s.col[k]])
-                if cells and signature.cell_error is not None
-                else 1.0
-            )
-            healthy = float(wm_all[r0 + r, c0 + j]) * float(signature.gain[t.macro, s.col[k]]) * rel
-            delta = float(s.value[k]) * float(s.magnitude[k]) - healthy
-            extra[j] += delta * stats.pool[idx[j], r0 + r].astype(np.float64)
+        lookup = np.full(signature.geometry.phys_cols, -1, np.int64)
+        lookup[phys] = np.arange(nc)
+        col = s.col[sel].astype(np.int64)
+        j, r = lookup[col], s.row[sel].astype(np.int64)
+        rel = 1.0 + signature.cell_error[t.macro, r, col].astype(np.float64) if cells else 1.0
+        healthy = (
+            wm_all[r0 + r, c0 + j].astype(np.float64) * signature.gain[t.macro, col].astype(np.float64) * rel
+        )
+        delta = s.value[sel].astype(np.float64) * s.magnitude[sel].astype(np.float64) - healthy
+        # In the order of the stuck list, as one loop over the cells would add them.
+        np.add.at(extra, j, delta[:, None] * stats.pool[idx[j], (r0 + r)[:, None]].astype(np.float64))
         out[i] = extra
     return out
 
 
 def tile_instances(
-    stats: LayerStats,
-    program: NetworkProgram,
+    tables: ModelTables,
     layer_name: str,
     tiles: Sequence[Tile],
     col_map: NDArray[np.int16],
@@ -158,7 +156,7 @@ def tile_instances(
     out = []
     edges_all = signature.edges_mac() if config.use_edges else None
     g = signature.geometry
-    extras = _tile_extras(stats, program, layer_name, tiles, col_map, signature, config.use_cell_error)
+    extras = _tile_extras(tables, layer_name, tiles, col_map, signature, config.use_cell_error)
     for t, extra in zip(tiles, extras, strict=True):
         phys = col_map[t.macro, : t.n_cols].astype(np.int64)
         if edges_all is None:
@@ -195,23 +193,28 @@ class SampleModel:
     spread: NDArray[np.float64]
     geometry: ChipGeometry
 
-    def prob(self, candidates: NDArray[np.int64]) -> NDArray[np.float64]:
-        """P(sum of codes >= T) (nc, n, n_cand) for thresholds ``candidates`` (nc, n_cand)."""
+    def prob(self, candidates: NDArray[np.int64], rows: NDArray[np.intp] | None = None) -> torch.Tensor:
+        """P(sum of codes >= T) (m, n, n_cand) float64 for thresholds ``candidates`` (m, n_cand) of the
+        channels ``rows`` (m,) (default: all)."""
         g = self.geometry
         inst = self.single
+        sel = slice(None) if rows is None else rows
+        center = torch.from_numpy(self.center[sel])[:, :, None]
+        spread = torch.from_numpy(self.spread[sel])[:, :, None]
         if inst is None:
-            z = (self.center[:, :, None] - candidates[:, None, :] + 0.5) / self.spread[:, :, None]
-            return np.asarray(ndtr(z), dtype=np.float64)
+            cand = torch.from_numpy(candidates.astype(np.float64))[:, None, :]
+            return torch.special.ndtr((center - cand + 0.5) / spread)
         t = candidates
         idx = np.clip(t - g.code_min - 1, 0, g.adc_levels - 2)
-        edge = np.take_along_axis(inst.edges, idx, axis=1)  # (nc, n_cand)
-        p = ndtr((self.center[:, :, None] - edge[:, None, :]) / self.spread[:, :, None])
-        p = np.where((t <= g.code_min)[:, None, :], 1.0, p)
-        p = np.where((t > g.code_max)[:, None, :], 0.0, p)
-        if np.any(inst.dead):
-            dead_p = (inst.dead_code[:, None] >= t).astype(np.float64)
-            p = np.where(inst.dead[:, None, None], dead_p[:, None, :], p)
-        return np.asarray(p, dtype=np.float64)
+        edge = torch.from_numpy(np.take_along_axis(inst.edges[sel], idx, axis=1))  # (m, n_cand)
+        p = torch.special.ndtr((center - edge[:, None, :]) / spread)
+        p = torch.where(torch.from_numpy(t <= g.code_min)[:, None, :], 1.0, p)
+        p = torch.where(torch.from_numpy(t > g.code_max)[:, None, :], 0.0, p)
+        dead = inst.dead[sel]
+        if np.any(dead):
+            dead_p = torch.from_numpy((inst.dead_code[sel][:, None] >= t).astype(np.float64))
+            p = torch.where(torch.from_numpy(dead)[:, None, None], dead_p[:, None, :], p)
+        return p
 
 
 def sample_model(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from app.calibration.activations import LayerStats
@@ -41,31 +42,44 @@ def optimise_thresholds(
     model = sample_model(stats, c0, nc, instances, signature, config.use_cell_error)
     w = stats.weight[c0 : c0 + nc].astype(np.float64)
     y = stats.ideal[c0 : c0 + nc]
-    rate_ideal = np.einsum("cn,cn->c", w, y.astype(np.float64))[:, None]
-    rows = np.arange(nc)
+    rate_ideal = np.einsum("cn,cn->c", w, y.astype(np.float64))
+    # agreement = sum w y p + sum w (1 - y) (1 - p); firing rate = sum w p: two weighted sums of p.
+    w_split = torch.from_numpy(np.stack([w * y, w * ~y], axis=1))  # (nc, 2, n)
+    w_off = (w * ~y).sum(axis=1)
 
-    def best_of(cand: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.intp]]:
-        p = model.prob(cand)
-        agree = np.einsum("cn,cnk->ck", w, np.where(y[:, :, None], p, 1.0 - p))
-        bias = np.einsum("cn,cnk->ck", w, p) - rate_ideal
+    def best_of(
+        cand: NDArray[np.int64], rows: NDArray[np.intp]
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.intp]]:
+        sums = torch.bmm(w_split[rows], model.prob(cand, rows)).numpy()  # (m, 2, n_cand)
+        agree = sums[:, 0] + w_off[rows, None] - sums[:, 1]
+        bias = sums[:, 0] + sums[:, 1] - rate_ideal[rows, None]
         best = np.argmax(agree - config.bias_weight * bias**2, axis=1)
-        return cand[rows, best], agree[rows, best], best
+        m = np.arange(rows.size)
+        return cand[m, best], agree[m, best], best
 
     offsets = np.arange(-config.window, config.window + 1)
     center = guess.copy()
+    chosen = np.zeros(nc, np.int64)
+    agreement = np.zeros(nc)
+    # A channel whose best candidate is inside its window is settled; only the others search on.
+    active = np.arange(nc)
     for _ in range(3):
-        chosen, agreement, best = best_of(center[:, None] + offsets[None, :])
-        at_edge = (best == 0) | (best == offsets.size - 1)
-        if not np.any(at_edge):
+        chosen[active], agreement[active], best = best_of(center[active, None] + offsets[None, :], active)
+        edge = (best == 0) | (best == offsets.size - 1)
+        if not np.any(edge):
             return chosen.astype(np.int32), agreement
-        center = np.where(at_edge, chosen, center)
+        center[active] = np.where(edge, chosen[active], center[active])
+        active = active[edge]
+    at_edge = np.zeros(nc, bool)
+    at_edge[active] = True
     # Still on the edge of the window (a guess far off, e.g. next to a dead bit line): scan the whole
     # range the predicted sums span, coarsely, then refine around the best coarse candidate.
+    every = np.arange(nc)
     lo = np.floor((model.center - 4.0 * model.spread).min(axis=1)).astype(np.int64)
     hi = np.ceil((model.center + 4.0 * model.spread).max(axis=1)).astype(np.int64) + 1
     step = max(1, config.window)
     grid = lo[:, None] + step * np.arange(int(np.ceil((hi - lo).max() / step)) + 1)[None, :]
-    coarse, _, _ = best_of(np.concatenate([grid, chosen[:, None]], axis=1))
+    coarse, _, _ = best_of(np.concatenate([grid, chosen[:, None]], axis=1), every)
     center = np.where(at_edge, coarse, chosen)
-    chosen, agreement, _ = best_of(center[:, None] + offsets[None, :])
+    chosen, agreement, _ = best_of(center[:, None] + offsets[None, :], every)
     return chosen.astype(np.int32), agreement
