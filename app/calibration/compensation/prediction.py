@@ -134,7 +134,8 @@ def _tile_extras(
         lookup[phys] = np.arange(nc)
         col = s.col[sel].astype(np.int64)
         j, r = lookup[col], s.row[sel].astype(np.int64)
-        rel = 1.0 + signature.cell_error[t.macro, r, col].astype(np.float64) if cells else 1.0
+        cell_error = signature.cell_error if cells else None
+        rel = 1.0 if cell_error is None else 1.0 + cell_error[t.macro, r, col].astype(np.float64)
         healthy = (
             wm_all[r0 + r, c0 + j].astype(np.float64) * signature.gain[t.macro, col].astype(np.float64) * rel
         )
