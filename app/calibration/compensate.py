@@ -25,21 +25,34 @@ threshold step) were measured not to pay once the tiles are copied.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
-from app.calibration.activations import ActivationStats
+from app.calibration.activations import ActivationStats, LayerStats
 from app.calibration.compensation.config import ALGORITHM_VERSION, CompensationConfig
 from app.calibration.compensation.layout import choose_replicas, place_routed, place_tiles
-from app.calibration.compensation.precompute import model_tables
-from app.calibration.compensation.prediction import tile_instances
+from app.calibration.compensation.precompute import ModelTables, model_tables
+from app.calibration.compensation.prediction import Instance, tile_instances
 from app.calibration.compensation.thresholds import optimise_thresholds
 from app.calibration.signature import Signature
-from hardware.chip import ImageHeader, NetworkProgram, WeightImage, strip_binary_weights
+from hardware.chip import ImageHeader, NetworkProgram, Tile, WeightImage, strip_binary_weights
 
-__all__ = ["ALGORITHM_VERSION", "CompensationConfig", "CompensationOutput", "compensate_image"]
+__all__ = [
+    "ALGORITHM_VERSION",
+    "CompensationConfig",
+    "CompensationOutput",
+    "compensate_image",
+    "compensate_images",
+]
+
+_T = TypeVar("_T", bound=np.generic)
+
+CPU_DIES_PER_SEARCH = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,99 @@ class CompensationOutput:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _DiePlan:
+    """One die's layout and, per column tile of every layer, the instances of its tiles."""
+
+    signature: Signature
+    header: ImageHeader
+    replicas: int
+    tiles: tuple[Tile, ...]
+    col_map: NDArray[np.int16]
+    macros: NDArray[np.int8]
+    moved: int
+    unrepaired: int
+    groups: list[tuple[str, int, int, list[Instance]]]  # (layer, c0, nc, instances)
+
+
+def _plan(
+    program: NetworkProgram,
+    stats: ActivationStats,
+    signature: Signature,
+    header: ImageHeader,
+    config: CompensationConfig,
+    tables: ModelTables,
+) -> _DiePlan:
+    g = signature.geometry
+    if g != stats.geometry:
+        raise ValueError("signature and activation statistics were made for different geometries")
+    replicas = choose_replicas(program, g, config)
+    tiles, col_map, moved, unrepaired = place_tiles(
+        program, stats, signature, replicas, reroute=config.reroute
+    )
+    macros = place_routed(program, tiles, col_map, g)
+    groups = []
+    for layer in program.binary_layers():
+        layer_tiles = [t for t in tiles if t.layer == layer.name]
+        for ct in sorted({t.col_tile for t in layer_tiles}):
+            group = [t for t in layer_tiles if t.col_tile == ct]
+            c0, nc = group[0].col_start, group[0].n_cols
+            groups.append(
+                (layer.name, c0, nc, tile_instances(tables, layer.name, group, col_map, signature, config))
+            )
+    return _DiePlan(signature, header, replicas, tiles, col_map, macros, moved, unrepaired, groups)
+
+
+def _output(
+    program: NetworkProgram,
+    plan: _DiePlan,
+    thresholds: dict[str, NDArray[np.int32]],
+    agreement: dict[str, NDArray[np.float64]],
+    compute_s: float,
+) -> CompensationOutput:
+    signature = plan.signature
+    image = WeightImage(
+        header=plan.header,
+        geometry=signature.geometry,
+        program=strip_binary_weights(program),
+        tiles=plan.tiles,
+        macros=plan.macros,
+        col_map=plan.col_map,
+        thresholds=thresholds,
+    )
+    image.validate()
+    layer_agree = {name: float(a.mean()) for name, a in agreement.items()}
+    notes = []
+    if plan.unrepaired:
+        notes.append(
+            f"{plan.unrepaired} used column(s) left on a dead bit line: no free bit line in its macro"
+        )
+    unusable = signature.meta.get("unusable_cols") or {}
+    if unusable:
+        why = ", ".join(f"{reason} {len(cols)}" for reason, cols in sorted(unusable.items()))
+        notes.append(f"bit lines characterization found unusable, treated as dead: {why}")
+    return CompensationOutput(
+        image=image,
+        predicted_agreement=float(np.mean(list(layer_agree.values()))) if layer_agree else 1.0,
+        layer_agreement=layer_agree,
+        replicas=plan.replicas,
+        rerouted_cols=plan.moved,
+        unrepaired_dead_cols=plan.unrepaired,
+        compute_s=compute_s,
+        notes=notes,
+    )
+
+
+def _empty_results(
+    program: NetworkProgram,
+) -> tuple[dict[str, NDArray[np.int32]], dict[str, NDArray[np.float64]]]:
+    layers = program.binary_layers()
+    return (
+        {layer.name: np.zeros(layer.n_out, np.int32) for layer in layers},
+        {layer.name: np.zeros(layer.n_out) for layer in layers},
+    )
+
+
 def compensate_image(
     program: NetworkProgram,
     stats: ActivationStats,
@@ -66,53 +172,86 @@ def compensate_image(
     """The weight image of ``program`` for the die described by ``signature`` (deterministic)."""
     t0 = time.perf_counter()
     config = config or CompensationConfig()
-    g = signature.geometry
-    if g != stats.geometry:
-        raise ValueError("signature and activation statistics were made for different geometries")
-    replicas = choose_replicas(program, g, config)
-    tiles, col_map, moved, unrepaired = place_tiles(
-        program, stats, signature, replicas, reroute=config.reroute
-    )
-    macros = place_routed(program, tiles, col_map, g)
+    plan = _plan(program, stats, signature, header, config, model_tables(program, stats))
+    thresholds, agreement = _empty_results(program)
+    for name, c0, nc, inst in plan.groups:
+        thr, agree = optimise_thresholds(stats.layers[name], c0, nc, inst, signature.geometry, config)
+        thresholds[name][c0 : c0 + nc], agreement[name][c0 : c0 + nc] = thr, agree
+    return _output(program, plan, thresholds, agreement, time.perf_counter() - t0)
+
+
+def compensate_images(
+    program: NetworkProgram,
+    stats: ActivationStats,
+    signatures: Sequence[Signature],
+    headers: Sequence[ImageHeader],
+    config: CompensationConfig | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dies_per_search: int | None = None,
+) -> list[CompensationOutput]:
+    """The images of many dies at once: each die's layout and prediction on its own, then every column
+    tile's threshold search for ``dies_per_search`` dies at a time as one batch (torch on ``device``,
+    CPU by default; default: every die on a GPU, :data:`CPU_DIES_PER_SEARCH` on the CPU, where larger
+    batches fall out of the cache and run slower per die).
+
+    The same images as :func:`compensate_image` die by die (up to the floating-point order of the
+    batched sums). ``compute_s`` of each output is the batch's host time divided by its dies.
+    """
+    if len(signatures) != len(headers):
+        raise ValueError(f"{len(signatures)} signatures but {len(headers)} headers")
+    if not signatures:
+        return []
+    t0 = time.perf_counter()
+    config = config or CompensationConfig()
+    dev = None if device is None else torch.device(device)
     tables = model_tables(program, stats)
-    thresholds: dict[str, NDArray[np.int32]] = {}
-    layer_agree: dict[str, float] = {}
-    for layer in program.binary_layers():
-        ls = stats.layers[layer.name]
-        thr = np.zeros(layer.n_out, np.int32)
-        agree = np.zeros(layer.n_out)
-        layer_tiles = [t for t in tiles if t.layer == layer.name]
-        for ct in sorted({t.col_tile for t in layer_tiles}):
-            group = [t for t in layer_tiles if t.col_tile == ct]
-            c0, nc = group[0].col_start, group[0].n_cols
-            inst = tile_instances(tables, layer.name, group, col_map, signature, config)
-            thr[c0 : c0 + nc], agree[c0 : c0 + nc] = optimise_thresholds(ls, c0, nc, inst, signature, config)
-        thresholds[layer.name] = thr
-        layer_agree[layer.name] = float(agree.mean())
-    image = WeightImage(
-        header=header,
-        geometry=g,
-        program=strip_binary_weights(program),
-        tiles=tiles,
-        macros=macros,
-        col_map=col_map,
-        thresholds=thresholds,
-    )
-    image.validate()
-    notes = []
-    if unrepaired:
-        notes.append(f"{unrepaired} used column(s) left on a dead bit line: no free bit line in its macro")
-    unusable = signature.meta.get("unusable_cols") or {}
-    if unusable:
-        why = ", ".join(f"{reason} {len(cols)}" for reason, cols in sorted(unusable.items()))
-        notes.append(f"bit lines characterization found unusable, treated as dead: {why}")
-    return CompensationOutput(
-        image=image,
-        predicted_agreement=float(np.mean(list(layer_agree.values()))) if layer_agree else 1.0,
-        layer_agreement=layer_agree,
-        replicas=replicas,
-        rerouted_cols=moved,
-        unrepaired_dead_cols=unrepaired,
-        compute_s=time.perf_counter() - t0,
-        notes=notes,
+    plans = [_plan(program, stats, s, h, config, tables) for s, h in zip(signatures, headers, strict=True)]
+    results = [_empty_results(program) for _ in plans]
+    per = dies_per_search or (len(plans) if dev is not None and dev.type != "cpu" else CPU_DIES_PER_SEARCH)
+    for start in range(0, len(plans), per):
+        _search_batch(stats, plans[start : start + per], results[start : start + per], config, dev)
+    each_s = (time.perf_counter() - t0) / len(plans)
+    return [_output(program, p, thr, agr, each_s) for p, (thr, agr) in zip(plans, results, strict=True)]
+
+
+def _search_batch(
+    stats: ActivationStats,
+    plans: Sequence[_DiePlan],
+    results: Sequence[tuple[dict[str, NDArray[np.int32]], dict[str, NDArray[np.float64]]]],
+    config: CompensationConfig,
+    device: torch.device | None,
+) -> None:
+    n_dies = len(plans)
+    for gi, (name, c0, nc, first) in enumerate(plans[0].groups):
+        stacked = [Instance.stack([p.groups[gi][3][k] for p in plans]) for k in range(len(first))]
+        thr, agree = optimise_thresholds(
+            _repeat_channels(stats.layers[name], c0, nc, n_dies),
+            0,
+            nc * n_dies,
+            stacked,
+            stats.geometry,
+            config,
+            die_channels=nc,
+            device=device,
+        )
+        for d, (thresholds, agreement) in enumerate(results):
+            thresholds[name][c0 : c0 + nc] = thr[d * nc : (d + 1) * nc]
+            agreement[name][c0 : c0 + nc] = agree[d * nc : (d + 1) * nc]
+
+
+def _repeat_channels(ls: LayerStats, c0: int, nc: int, times: int) -> LayerStats:
+    """The per-channel statistics of channels c0..c0+nc repeated ``times`` (one copy per stacked die)."""
+
+    def rep(a: NDArray[_T]) -> NDArray[_T]:
+        return np.concatenate([a[c0 : c0 + nc]] * times)
+
+    return replace(
+        ls,
+        threshold=rep(ls.threshold),
+        sample_idx=rep(ls.sample_idx),
+        weight=rep(ls.weight),
+        ideal=rep(ls.ideal),
+        tile_sum=rep(ls.tile_sum),
+        tile_active=rep(ls.tile_active),
     )

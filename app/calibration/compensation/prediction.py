@@ -24,16 +24,45 @@ from hardware.chip import ChipGeometry, Tile
 
 @dataclass
 class Instance:
-    """One tile on the die, for the channels of one column tile: per-channel quantities (nc,)."""
+    """One tile on the die, for the channels of one column tile: per-channel quantities (nc,).
+
+    Instances of the same tile on several dies stack along the channel axis (:meth:`stack`): every
+    quantity is per channel, so a lot's dies are predicted and searched as one long column tile.
+    """
 
     row_tile: int
     gain: NDArray[np.float64]
     offset: NDArray[np.float64]
-    sigma: float
+    sigma: NDArray[np.float64]  # read noise (MAC) of the tile's macro, per channel
+    resid: NDArray[np.float64]  # relative cell error left unmodelled on the die, per channel
     dead: NDArray[np.bool_]
     dead_code: NDArray[np.float64]
     edges: NDArray[np.float64]  # (nc, levels - 1) MAC
     extra: NDArray[np.float64] | None  # (nc, n) MAC: cell-error and stuck-cell terms of each sample
+
+    @classmethod
+    def stack(cls, parts: Sequence[Instance]) -> Instance:
+        """The instances of one tile on several dies as one (channels of die 0, then die 1, ...)."""
+        if len({p.row_tile for p in parts}) != 1:
+            raise ValueError("only instances of the same row tile stack")
+        n = parts[0].gain.shape[0]
+        extras = [p.extra for p in parts]
+        if all(e is None for e in extras):
+            extra = None
+        else:
+            shape = (n, next(e for e in extras if e is not None).shape[1])
+            extra = np.concatenate([e if e is not None else np.zeros(shape) for e in extras])
+        return cls(
+            row_tile=parts[0].row_tile,
+            gain=np.concatenate([p.gain for p in parts]),
+            offset=np.concatenate([p.offset for p in parts]),
+            sigma=np.concatenate([p.sigma for p in parts]),
+            resid=np.concatenate([p.resid for p in parts]),
+            dead=np.concatenate([p.dead for p in parts]),
+            dead_code=np.concatenate([p.dead_code for p in parts]),
+            edges=np.concatenate([p.edges for p in parts]),
+            extra=extra,
+        )
 
 
 def _clipped_normal_mean(
@@ -157,6 +186,11 @@ def tile_instances(
     out = []
     edges_all = signature.edges_mac() if config.use_edges else None
     g = signature.geometry
+    resid = (
+        signature.cell_residual_sigma
+        if (config.use_cell_error and signature.cell_error is not None)
+        else signature.cell_sigma
+    )
     extras = _tile_extras(tables, layer_name, tiles, col_map, signature, config.use_cell_error)
     for t, extra in zip(tiles, extras, strict=True):
         phys = col_map[t.macro, : t.n_cols].astype(np.int64)
@@ -170,7 +204,8 @@ def tile_instances(
                 row_tile=t.row_tile,
                 gain=signature.gain[t.macro, phys].astype(np.float64),
                 offset=signature.offset_mac[t.macro, phys].astype(np.float64),
-                sigma=float(signature.noise_sigma_mac[t.macro]),
+                sigma=np.full(t.n_cols, float(signature.noise_sigma_mac[t.macro])),
+                resid=np.full(t.n_cols, float(resid)),
                 dead=signature.dead_cols[t.macro, phys],
                 dead_code=signature.dead_code[t.macro, phys].astype(np.float64),
                 edges=edges,
@@ -194,40 +229,40 @@ class SampleModel:
     spread: NDArray[np.float64]
     geometry: ChipGeometry
 
-    def prob(self, candidates: NDArray[np.int64], rows: NDArray[np.intp] | None = None) -> torch.Tensor:
-        """P(sum of codes >= T) (m, n, n_cand) float64 for thresholds ``candidates`` (m, n_cand) of the
-        channels ``rows`` (m,) (default: all)."""
+    def prob(
+        self, candidates: NDArray[np.int64], rows: NDArray[np.intp], device: torch.device | None = None
+    ) -> torch.Tensor:
+        """P(sum of codes >= T) (m, n, n_cand) float64 on ``device`` for thresholds ``candidates``
+        (m, n_cand) of the channels ``rows`` (m,)."""
         g = self.geometry
         inst = self.single
-        sel = slice(None) if rows is None else rows
-        center = torch.from_numpy(self.center[sel])[:, :, None]
-        spread = torch.from_numpy(self.spread[sel])[:, :, None]
+
+        def dev(a: NDArray[np.generic]) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+        center = dev(self.center[rows])[:, :, None]
+        spread = dev(self.spread[rows])[:, :, None]
         if inst is None:
-            cand = torch.from_numpy(candidates.astype(np.float64))[:, None, :]
+            cand = dev(candidates.astype(np.float64))[:, None, :]
             return torch.special.ndtr((center - cand + 0.5) / spread)
         t = candidates
         idx = np.clip(t - g.code_min - 1, 0, g.adc_levels - 2)
-        edge = torch.from_numpy(np.take_along_axis(inst.edges[sel], idx, axis=1))  # (m, n_cand)
+        edge = dev(np.take_along_axis(inst.edges[rows], idx, axis=1))  # (m, n_cand)
         p = torch.special.ndtr((center - edge[:, None, :]) / spread)
-        p = torch.where(torch.from_numpy(t <= g.code_min)[:, None, :], 1.0, p)
-        p = torch.where(torch.from_numpy(t > g.code_max)[:, None, :], 0.0, p)
-        dead = inst.dead[sel]
+        p = torch.where(dev(t <= g.code_min)[:, None, :], 1.0, p)
+        p = torch.where(dev(t > g.code_max)[:, None, :], 0.0, p)
+        dead = inst.dead[rows]
         if np.any(dead):
-            dead_p = torch.from_numpy((inst.dead_code[sel][:, None] >= t).astype(np.float64))
-            p = torch.where(torch.from_numpy(dead)[:, None, None], dead_p[:, None, :], p)
+            dead_p = dev((inst.dead_code[rows][:, None] >= t).astype(np.float64))
+            p = torch.where(dev(dead)[:, None, None], dead_p[:, None, :], p)
         return p
 
 
 def sample_model(
-    stats: LayerStats, c0: int, nc: int, instances: Sequence[Instance], signature: Signature, use_cells: bool
+    stats: LayerStats, c0: int, nc: int, instances: Sequence[Instance], geometry: ChipGeometry
 ) -> SampleModel:
-    """The :class:`SampleModel` of channels c0..c0+nc on the die described by ``signature``."""
-    g = signature.geometry
-    resid = (
-        signature.cell_residual_sigma
-        if (use_cells and signature.cell_error is not None)
-        else signature.cell_sigma
-    )
+    """The :class:`SampleModel` of channels c0..c0+nc (of ``stats``) predicted from ``instances``."""
+    g = geometry
     s_sum = stats.tile_sum[c0 : c0 + nc].astype(np.float64)  # (nc, n, n_rt)
     n_act = stats.tile_active[c0 : c0 + nc].astype(np.float64)
 
@@ -235,7 +270,9 @@ def sample_model(
         v = inst.gain[:, None] * s_sum[:, :, inst.row_tile] + inst.offset[:, None]
         if inst.extra is not None:
             v = v + inst.extra
-        sd = np.sqrt(inst.sigma**2 + (inst.gain[:, None] * resid) ** 2 * n_act[:, :, inst.row_tile])
+        sd = np.sqrt(
+            inst.sigma[:, None] ** 2 + (inst.gain * inst.resid)[:, None] ** 2 * n_act[:, :, inst.row_tile]
+        )
         return v, np.maximum(sd, 1e-9)
 
     if len(instances) == 1:

@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 from app.calibration.activations import LayerStats
 from app.calibration.compensation.config import CompensationConfig
 from app.calibration.compensation.prediction import Instance, sample_model
-from app.calibration.signature import Signature
+from hardware.chip import ChipGeometry
 
 
 def _first_guess(stats: LayerStats, c0: int, nc: int, instances: Sequence[Instance]) -> NDArray[np.int64]:
@@ -34,23 +34,31 @@ def optimise_thresholds(
     c0: int,
     nc: int,
     instances: Sequence[Instance],
-    signature: Signature,
+    geometry: ChipGeometry,
     config: CompensationConfig,
+    *,
+    die_channels: int | None = None,
+    device: torch.device | None = None,
 ) -> tuple[NDArray[np.int32], NDArray[np.float64]]:
-    """Best integer thresholds (nc,) and their predicted agreement (nc,) for one column tile."""
+    """Best integer thresholds (nc,) and their predicted agreement (nc,) for one column tile.
+
+    ``die_channels``: the channels are several dies' (stacked instances, ``stats`` repeated), this
+    many per die; each die's search is the one it would get alone. ``device``: where torch scores
+    the candidates (default CPU).
+    """
     guess = _first_guess(stats, c0, nc, instances)
-    model = sample_model(stats, c0, nc, instances, signature, config.use_cell_error)
+    model = sample_model(stats, c0, nc, instances, geometry)
     w = stats.weight[c0 : c0 + nc].astype(np.float64)
     y = stats.ideal[c0 : c0 + nc]
     rate_ideal = np.einsum("cn,cn->c", w, y.astype(np.float64))
     # agreement = sum w y p + sum w (1 - y) (1 - p); firing rate = sum w p: two weighted sums of p.
-    w_split = torch.from_numpy(np.stack([w * y, w * ~y], axis=1))  # (nc, 2, n)
+    w_split = torch.from_numpy(np.stack([w * y, w * ~y], axis=1)).to(device)  # (nc, 2, n)
     w_off = (w * ~y).sum(axis=1)
 
     def best_of(
         cand: NDArray[np.int64], rows: NDArray[np.intp]
     ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.intp]]:
-        sums = torch.bmm(w_split[rows], model.prob(cand, rows)).numpy()  # (m, 2, n_cand)
+        sums = torch.bmm(w_split[rows], model.prob(cand, rows, device)).cpu().numpy()  # (m, 2, n_cand)
         agree = sums[:, 0] + w_off[rows, None] - sums[:, 1]
         bias = sums[:, 0] + sums[:, 1] - rate_ideal[rows, None]
         best = np.argmax(agree - config.bias_weight * bias**2, axis=1)
@@ -78,7 +86,12 @@ def optimise_thresholds(
     lo = np.floor((model.center - 4.0 * model.spread).min(axis=1)).astype(np.int64)
     hi = np.ceil((model.center + 4.0 * model.spread).max(axis=1)).astype(np.int64) + 1
     step = max(1, config.window)
-    grid = lo[:, None] + step * np.arange(int(np.ceil((hi - lo).max() / step)) + 1)[None, :]
+    # The grid spans the widest channel of each die; a die with a shorter span repeats its last
+    # point (a tie the argmax resolves to the first), so stacking dies changes no die's result.
+    per_die = die_channels or nc
+    span = np.ceil((hi - lo).reshape(-1, per_die).max(axis=1) / step).astype(np.int64)  # (n_dies,)
+    k = np.minimum(np.arange(int(span.max()) + 1)[None, :], np.repeat(span, per_die)[:, None])
+    grid = lo[:, None] + step * k
     coarse, _, _ = best_of(np.concatenate([grid, chosen[:, None]], axis=1), every)
     center = np.where(at_edge, coarse, chosen)
     chosen, agreement, _ = best_of(center[:, None] + offsets[None, :], every)
