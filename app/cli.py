@@ -339,6 +339,58 @@ def _bench(commands: Subcommands) -> None:
     p.set_defaults(run=_run_bench)
 
 
+# ------------------------------------------------------------------------------------------------- lots
+def _run_lots_recompensate(args: argparse.Namespace) -> int:
+    from app.services.images import ImageStore
+    from app.services.recompensate import recompensate_lot
+    from app.services.runtime import ModelRuntimes
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        if settings.auto_migrate:
+            migrate.upgrade(engine)
+        out = recompensate_lot(
+            make_session_factory(engine),
+            ModelRuntimes(settings),
+            ImageStore(settings.image_store_dir),
+            args.lot,
+            args.model,
+            batch_dies=args.batch,
+            device=args.device,
+            actor="cli",
+        )
+    finally:
+        engine.dispose()
+    print(
+        f"lot {out.lot_id} for {out.model}: {out.computed} image(s) computed, {out.already} already there, "
+        f"{out.not_characterized} die(s) not characterized, {out.uncalibratable} uncalibratable; "
+        f"{out.wall_s:.1f} s ({out.dies_per_s:.1f} dies/s, numerics {out.compute_s:.1f} s on {out.device})"
+    )
+    return 0
+
+
+@subcommand
+def _lots(commands: Subcommands) -> None:
+    from app.services.recompensate import DEFAULT_BATCH_DIES
+
+    p = commands.add_parser("lots", help="lots")
+    sub = p.add_subparsers(dest="lots_command", required=True, metavar="COMMAND")
+    rc = sub.add_parser(
+        "recompensate",
+        help="compute every characterized die's image for a model from the stored signatures (no tester)",
+    )
+    rc.add_argument("lot")
+    rc.add_argument("--model", required=True, help="name@version of a stored model")
+    rc.add_argument(
+        "--batch", type=int, default=DEFAULT_BATCH_DIES, help="dies per batch (one transaction each)"
+    )
+    rc.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where torch runs the batched search"
+    )
+    rc.set_defaults(run=_run_lots_recompensate)
+
+
 # ----------------------------------------------------------------------------------------------- models
 def _ints_arg(text: str) -> tuple[int, ...]:
     try:
