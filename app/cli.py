@@ -15,6 +15,7 @@ Settings come from the environment (``CIMCAL_*``, see :mod:`app.config`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -345,6 +346,10 @@ def _run_lots_recompensate(args: argparse.Namespace) -> int:
     from app.services.recompensate import recompensate_lot
     from app.services.runtime import ModelRuntimes
 
+    if args.device == "cpu":
+        import torch
+
+        torch.set_num_threads(1)  # batches run one per process and core (--workers)
     settings = get_settings()
     engine = make_engine(settings.database_url)
     try:
@@ -358,6 +363,7 @@ def _run_lots_recompensate(args: argparse.Namespace) -> int:
             args.model,
             batch_dies=args.batch,
             device=args.device,
+            workers=args.workers,
             actor="cli",
         )
     finally:
@@ -387,6 +393,12 @@ def _lots(commands: Subcommands) -> None:
     )
     rc.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="where torch runs the batched search"
+    )
+    rc.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes computing batches on the CPU (default: cores)",
     )
     rc.set_defaults(run=_run_lots_recompensate)
 

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing import get_context
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,11 +29,13 @@ from app.db.tables import Image
 from app.errors import ConflictError, InvalidInputError, NotFoundError
 from app.services.images import ImageStore
 from app.services.runtime import ModelRuntime, ModelRuntimes, runtime_for
+from hardware.chip import NetworkProgram
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_DIES = 64
 MAX_BATCH_DIES = 4096
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -73,19 +80,24 @@ def recompensate_lot(
     *,
     batch_dies: int = DEFAULT_BATCH_DIES,
     device: str | None = None,
+    workers: int = 1,
     actor: str = "system",
     progress: Callable[[int, int], None] | None = None,
 ) -> LotCompensation:
     """Compute and store the images of every characterized die of ``lot_id`` for ``model_ref``.
 
-    ``device`` None or "cpu": the CPU; "cuda": the GPU (an error if torch sees none). ``progress``
-    is called with (dies done, dies to do) after each batch.
+    ``device`` None or "cpu": the CPU; "cuda": the GPU (an error if torch sees none). ``workers``:
+    processes computing batches side by side (CPU only; each with one torch thread), while this
+    process stores the results in order. ``progress`` is called with (dies done, dies to do) after
+    each batch.
     """
     t0 = time.perf_counter()
     if not 1 <= batch_dies <= MAX_BATCH_DIES:
         raise InvalidInputError(
             f"batch of {batch_dies} dies: expected 1..{MAX_BATCH_DIES}", code="invalid_batch"
         )
+    if not 1 <= workers <= MAX_WORKERS:
+        raise InvalidInputError(f"{workers} workers: expected 1..{MAX_WORKERS}", code="invalid_workers")
     dev = _device(device)
     name, version = _parse_ref(model_ref)
     with session_scope(factory, read_only=True) as s:
@@ -98,16 +110,17 @@ def recompensate_lot(
         pending, not_characterized = images.lot_pending(s, lot_id, model_id)
         n_dies = lots.count_dies(s, lot_id)
         runtime = runtime_for(s, runtimes, model)
+    batches = [pending[i : i + batch_dies] for i in range(0, len(pending), batch_dies)]
     computed = uncalibratable = 0
     compute_s = 0.0
-    for start in range(0, len(pending), batch_dies):
-        batch = pending[start : start + batch_dies]
-        n_bad, batch_s = _batch(factory, runtime, store, batch, model_id, model_ref, lot_id, dev, actor)
-        computed += len(batch)
-        uncalibratable += n_bad
-        compute_s += batch_s
-        if progress is not None:
-            progress(computed, len(pending))
+    with _computer(runtime, dev, workers if dev == "cpu" else 1) as compute:
+        for batch, results in compute(factory, batches):
+            _store(factory, store, batch, results, model_id, model_ref, lot_id, dev, actor)
+            computed += len(batch)
+            uncalibratable += sum(not r.calibratable for r in results)
+            compute_s += sum(r.compute_s for r in results)
+            if progress is not None:
+                progress(computed, len(pending))
     wall = time.perf_counter() - t0
     log.info("re-compensated %d dies of %s for %s in %.1f s on %s", computed, lot_id, model_ref, wall, dev)
     return LotCompensation(
@@ -136,37 +149,120 @@ def _device(device: str | None) -> str:
     raise InvalidInputError(f"device {device!r}: expected cpu or cuda", code="invalid_device")
 
 
-def _batch(
+# ------------------------------------------------------------------------------------ the numerics
+@dataclass(frozen=True)
+class _Computed:
+    """One die's image as a worker hands it back (no arrays: the encoded bytes and the facts)."""
+
+    image_bytes: bytes
+    algorithm_version: str
+    predicted_agreement: float
+    compute_s: float
+    calibratable: bool
+    reason: str
+    error: str = ""
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(program: NetworkProgram, stats_bytes: bytes, device: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core: intra-op threads would only contend
+    _WORKER.update(ctx=ModelContext.from_bytes(stats_bytes, program), device=device)
+
+
+def _worker_batch(jobs: Sequence[tuple[str, str, bytes]]) -> list[_Computed]:
+    return _compute_batch(_WORKER["ctx"], _WORKER["device"], jobs)
+
+
+def _compute_batch(ctx: ModelContext, device: str, jobs: Sequence[tuple[str, str, bytes]]) -> list[_Computed]:
+    """(ecid, signature sha256, signature bytes) -> images."""
+    sigs = []
+    for ecid, _, blob in jobs:
+        try:
+            sigs.append(Signature.from_bytes(blob))
+        except SignatureFormatError as e:
+            return [
+                _Computed(
+                    b"", "", 0.0, 0.0, False, "", error=f"stored signature of {ecid} is unreadable: {e}"
+                )
+            ]
+    outs = compensate_many(ctx, sigs, [j[0] for j in jobs], [j[1] for j in jobs], device=device)
+    return [
+        _Computed(
+            o.image_bytes, o.algorithm_version, o.predicted_agreement, o.compute_s, o.calibratable, o.reason
+        )
+        for o in outs
+    ]
+
+
+Compute = Callable[
+    [sessionmaker[Session], Sequence[Sequence[LotDie]]], Iterator[tuple[Sequence[LotDie], list[_Computed]]]
+]
+
+
+@contextmanager
+def _computer(runtime: ModelRuntime, device: str, workers: int) -> Iterator[Compute]:
+    """A function from batches to (batch, images) in batch order, in this process or in ``workers``
+    processes (at most two batches each in flight)."""
+
+    def jobs_of(factory: sessionmaker[Session], batch: Sequence[LotDie]) -> list[tuple[str, str, bytes]]:
+        with session_scope(factory, read_only=True) as s:
+            blobs = signatures.blobs(s, [d.signature_id for d in batch])
+        return [(d.ecid, d.signature_sha256, blobs[d.signature_id]) for d in batch]
+
+    if workers == 1:
+        ctx = ModelContext(runtime.program, runtime.stats)
+
+        def inline(
+            factory: sessionmaker[Session], batches: Sequence[Sequence[LotDie]]
+        ) -> Iterator[tuple[Sequence[LotDie], list[_Computed]]]:
+            for batch in batches:
+                yield batch, _checked(_compute_batch(ctx, device, jobs_of(factory, batch)))
+
+        yield inline
+        return
+    init = (runtime.program, runtime.stats.to_bytes(), device)
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=init
+    ) as pool:
+
+        def pooled(
+            factory: sessionmaker[Session], batches: Sequence[Sequence[LotDie]]
+        ) -> Iterator[tuple[Sequence[LotDie], list[_Computed]]]:
+            in_flight: deque[tuple[Sequence[LotDie], Future[list[_Computed]]]] = deque()
+            for batch in batches:
+                in_flight.append((batch, pool.submit(_worker_batch, jobs_of(factory, batch))))
+                if len(in_flight) >= 2 * workers:
+                    done, future = in_flight.popleft()
+                    yield done, _checked(future.result())
+            while in_flight:
+                done, future = in_flight.popleft()
+                yield done, _checked(future.result())
+
+        yield pooled
+
+
+def _checked(results: list[_Computed]) -> list[_Computed]:
+    if results and results[0].error:
+        raise ConflictError(results[0].error, code="signature_corrupt")
+    return results
+
+
+def _store(
     factory: sessionmaker[Session],
-    runtime: ModelRuntime,
     store: ImageStore,
     batch: Sequence[LotDie],
+    results: Sequence[_Computed],
     model_id: int,
     model_ref: str,
     lot_id: str,
     device: str,
     actor: str,
-) -> tuple[int, float]:
-    """Compute, store and record one batch; returns (uncalibratable dies, compute seconds)."""
-    with session_scope(factory, read_only=True) as s:
-        blobs = signatures.blobs(s, [d.signature_id for d in batch])
-    sigs = []
-    for d in batch:
-        try:
-            sigs.append(Signature.from_bytes(blobs[d.signature_id]))
-        except SignatureFormatError as e:
-            raise ConflictError(
-                f"stored signature of {d.ecid} is unreadable: {e}", code="signature_corrupt"
-            ) from e
-    t0 = time.perf_counter()
-    outs = compensate_many(
-        ModelContext(runtime.program, runtime.stats),
-        sigs,
-        [d.ecid for d in batch],
-        [d.signature_sha256 for d in batch],
-        device=device,
-    )
-    compute_s = time.perf_counter() - t0
+) -> None:
+    """The batch's images into the store, then their rows and one audit row in one transaction."""
     rows = [
         Image(
             die_id=d.die_id,
@@ -174,16 +270,16 @@ def _batch(
             signature_id=d.signature_id,
             ecid=d.ecid,
             signature_sha256=d.signature_sha256,
-            content_sha256=store.put(out.image_bytes),
-            size_bytes=len(out.image_bytes),
-            algorithm_version=out.algorithm_version,
-            predicted_agreement=out.predicted_agreement,
-            compute_s=out.compute_s,
-            calibratable=out.calibratable,
-            reason=out.reason or None,
+            content_sha256=store.put(r.image_bytes),
+            size_bytes=len(r.image_bytes),
+            algorithm_version=r.algorithm_version,
+            predicted_agreement=r.predicted_agreement,
+            compute_s=r.compute_s,
+            calibratable=r.calibratable,
+            reason=r.reason or None,
             provenance_id=d.provenance_id,
         )
-        for d, out in zip(batch, outs, strict=True)
+        for d, r in zip(batch, results, strict=True)
     ]
     with session_scope(factory) as s:
         images.add_many(s, rows)
@@ -200,4 +296,3 @@ def _batch(
                 "device": device,
             },
         )
-    return sum(not out.calibratable for out in outs), compute_s

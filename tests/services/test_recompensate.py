@@ -48,8 +48,10 @@ def characterized_lot(client: TestClient, as_role: Headers) -> str:
     return "LOTR"
 
 
-def _run(app: FastAPI, factory: sessionmaker[Session]) -> LotCompensation:
-    return recompensate_lot(factory, app.state.runtimes, app.state.image_store, "LOTR", "tiny@1")
+def _run(app: FastAPI, factory: sessionmaker[Session], workers: int = 1) -> LotCompensation:
+    return recompensate_lot(
+        factory, app.state.runtimes, app.state.image_store, "LOTR", "tiny@1", batch_dies=1, workers=workers
+    )
 
 
 def test_lot_images_equal_the_per_die_images(
@@ -85,12 +87,14 @@ def test_rerun_computes_nothing_and_the_chip_api_serves_the_lot_images(
     characterized_lot: str,
     session_factory: sessionmaker[Session],
 ) -> None:
-    _run(app, session_factory)
+    first = _run(app, session_factory, workers=2)  # two processes, one die per batch
+    assert (first.computed, first.uncalibratable) == (4, 0)
     again = _run(app, session_factory)
     assert (again.computed, again.already, again.not_characterized) == (0, 4, 1)
     with session_scope(session_factory) as s:
         stored = {row.ecid: row.content_sha256 for row in s.scalars(select(Image))}
-    assert len(stored) == 4
+        audits = s.scalars(select(AuditEvent).where(AuditEvent.action == "image.compute_lot")).all()
+    assert len(stored) == 4 and [a.details["first"] for a in audits] == sorted(CHARACTERIZED)
     ecid = CHARACTERIZED[0]
     r = client.get(f"/v1/chips/{ecid}/image", params={"model": "tiny@1"}, headers=as_role("station"))
     assert r.status_code == 200, r.text
