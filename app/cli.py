@@ -313,7 +313,7 @@ def _train_reference(commands: Subcommands) -> None:
     p.set_defaults(run=_run_train_reference)
 
 
-BENCHMARKS = ("quality", "hal", "api", "throughput")
+BENCHMARKS = ("all", "quality", "hal", "api", "throughput", "compensate")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -333,9 +333,11 @@ def _run_bench(args: argparse.Namespace) -> int:
 @subcommand
 def _bench(commands: Subcommands) -> None:
     p = commands.add_parser(
-        "bench", help="benchmarks: quality, hal, api, throughput (options after the name; --help for each)"
+        "bench",
+        help="benchmarks: all (the default: every figure of issue 12), quality, hal, api, throughput, compensate"
+        " (options after the name, e.g. cimcal bench all --dies 4; --help for each)",
     )
-    p.add_argument("name", choices=BENCHMARKS)
+    p.add_argument("name", nargs="?", choices=BENCHMARKS, default="all", help="default: all (bench/all.py)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     p.set_defaults(run=_run_bench)
 

@@ -1,7 +1,7 @@
 """Host cost of compensation per die, and lot-scale re-compensation from stored signatures.
 
     python -m bench.compensate [--dies 8] [--lot-dies 256] [--batch 64] [--device cpu|cuda]
-                               [--seed 0] [--json PATH]
+                               [--workers N] [--seed 0] [--json PATH]
 
 Per die (host CPU time on one core: torch limited to one thread), on the station's reference KWS model (its
 activation statistics as the station computes them) and ``--dies`` dies of the simulated fleet
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -93,8 +94,9 @@ def station(tmp: Path | None = None) -> Station:
     return Station(tmp, settings, factory, runtimes, store, model_id, f"{net.name}@{net.version}", runtime)
 
 
-def characterized(n: int, seed: int) -> list[tuple[str, Any, float, float]]:
-    """(ecid, signature, host seconds, tester seconds) of ``n`` simulated dies at the default budget."""
+def characterized(n: int, seed: int) -> list[tuple[str, Any, float, float, Any]]:
+    """(ecid, signature, host CPU seconds, tester seconds, driver) of ``n`` simulated dies at the
+    default budget."""
     from app.calibration.pipeline import characterize
     from app.config import get_settings
     from hardware.driver import DieAddress
@@ -108,7 +110,7 @@ def characterized(n: int, seed: int) -> list[tuple[str, Any, float, float]]:
         drv.probe(address)
         t0 = time.process_time()
         res = characterize(drv, rng=seed + i)
-        out.append((address.ecid, res.signature, time.process_time() - t0, res.tester_s))
+        out.append((address.ecid, res.signature, time.process_time() - t0, res.tester_s, drv))
     return out
 
 
@@ -127,12 +129,12 @@ def _median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1e3
 
 
-def measure_per_die(st: Station, dies: list[tuple[str, Any, float, float]]) -> dict[str, Any]:
+def measure_per_die(st: Station, dies: list[tuple[str, Any, float, float, Any]]) -> dict[str, Any]:
     """Host CPU ms per die (median, ``time.process_time``: on a shared machine wall time measures the
     neighbours) of compensation and its bookkeeping, on one core."""
     import torch
 
-    from app.calibration.pipeline import ModelContext, Signature, compensate
+    from app.calibration.pipeline import ModelContext, Signature, compensate, functional_test
     from app.db.repositories import audit, images
     from app.db.repositories import dies as die_repo
     from app.db.session import session_scope
@@ -154,7 +156,8 @@ def measure_per_die(st: Station, dies: list[tuple[str, Any, float, float]]) -> d
         )
     compensate(ctx, dies[0][1], dies[0][0])  # warm: the per-model tables are built once per process
     comp, decode, store_s, db_s, sig_db = [], [], [], [], []
-    for i, (_, sig, _, tester_s) in enumerate(dies):
+    functional_s, functional_host, accuracy = [], [], []
+    for i, (_, sig, _, tester_s, drv) in enumerate(dies):
         ecid = f"{lot}-W01-X{i:+04d}Y+000"
         blob = sig.to_bytes()
         t0 = time.process_time()
@@ -204,6 +207,11 @@ def measure_per_die(st: Station, dies: list[tuple[str, Any, float, float]]) -> d
             )
             audit.add(s, actor="bench", action="image.compute", target=ecid, details={"sha256": content})
         db_s.append(time.process_time() - t0)
+        t0 = time.process_time()
+        func = functional_test(drv, out.image_bytes, st.runtime.test_features, st.runtime.test_labels)
+        functional_host.append(time.process_time() - t0)
+        functional_s.append(func.tester_s)
+        accuracy.append(func.accuracy)
     torch.set_num_threads(threads)
     book = [a + b + c for a, b, c in zip(decode, store_s, db_s, strict=True)]
     return {
@@ -216,11 +224,14 @@ def measure_per_die(st: Station, dies: list[tuple[str, Any, float, float]]) -> d
         "image_db_write_ms_median": _median_ms(db_s),
         "signature_record_ms_median": _median_ms(sig_db),
         "compensate_plus_bookkeeping_ms_median": _median_ms([a + b for a, b in zip(comp, book, strict=True)]),
+        "tester_s_per_die_functional_test": statistics.median(functional_s),
+        "functional_test_host_ms_median (simulator)": _median_ms(functional_host),
+        "functional_test_accuracy": accuracy,
     }
 
 
 def measure_lot(
-    st: Station, base: list[Any], n_dies: int, seed: int, batch: int, device: str | None
+    st: Station, base: list[Any], n_dies: int, seed: int, batch: int, device: str | None, workers: int
 ) -> dict[str, Any]:
     """Re-compensate a lot of ``n_dies`` dies with SYNTHETIC stored signatures: dies per second of wall
     time and per CPU second (every thread of this process; the store's fsyncs are wall, not CPU)."""
@@ -271,25 +282,30 @@ def measure_lot(
     print(f"lot {lot}: {n_dies} dies with synthetic signatures stored in {setup_s:.0f} s", file=sys.stderr)
     cpu0 = time.process_time()
     out = recompensate_lot(
-        st.factory, st.runtimes, st.store, lot, st.model_ref, batch_dies=batch, device=device
+        st.factory, st.runtimes, st.store, lot, st.model_ref, batch_dies=batch, device=device, workers=workers
     )
     cpu_s = time.process_time() - cpu0
     return {
         "dies": out.computed,
         "device": out.device,
         "batch_dies": batch,
+        "workers": workers if out.device == "cpu" else 1,
         "wall_s": out.wall_s,
         "numerics_wall_s": out.compute_s,
-        "cpu_s": cpu_s,
+        "cpu_s (this process; the workers' own CPU is not counted)": cpu_s,
         "dies_per_s": out.dies_per_s,
-        "dies_per_cpu_s": out.computed / cpu_s if cpu_s > 0 else None,
         "lot_12500_s_extrapolated": LOT_OF_25_WAFERS / out.dies_per_s if out.dies_per_s else None,
         "signatures": "synthetic (perturbed copies of characterized dies)",
     }
 
 
 def measure(
-    dies: int = 8, lot_dies: int = 256, batch: int = 64, device: str | None = None, seed: int = 0
+    dies: int = 8,
+    lot_dies: int = 256,
+    batch: int = 64,
+    device: str | None = None,
+    seed: int = 0,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Per-die host cost, characterization host/tester cost of the same dies, and the lot rate."""
     st = station()
@@ -301,7 +317,8 @@ def measure(
         "per_die": measure_per_die(st, chars),
     }
     if lot_dies:
-        result["lot"] = measure_lot(st, [c[1] for c in chars], lot_dies, seed, batch, device)
+        n = workers or os.cpu_count() or 1
+        result["lot"] = measure_lot(st, [c[1] for c in chars], lot_dies, seed, batch, device, n)
     return result
 
 
@@ -311,10 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lot-dies", type=int, default=256, help="0: skip the lot")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--workers", type=int, default=None, help="lot: processes (default: the cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
-    r = measure(a.dies, a.lot_dies, a.batch, a.device, a.seed)
+    r = measure(a.dies, a.lot_dies, a.batch, a.device, a.seed, a.workers)
     print(json.dumps(r, indent=2))
     if a.json:
         a.json.write_text(json.dumps(r, indent=2))
