@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 from app.calibration.activations import StatsFormatError
 from app.calibration.baselines import uncalibrated_image
 from app.calibration.characterize import characterize
-from app.calibration.compensate import CompensationConfig, compensate_images
+from app.calibration.compensate import CompensationConfig, compensate_image, compensate_images
 from app.calibration.evaluate import measured_layer_agreement
 from app.calibration.pipeline import ALGORITHM_VERSION, ModelContext, compensate, compensate_many
 from app.calibration.signature import Signature
@@ -159,3 +159,24 @@ def test_a_batch_of_dies_gets_the_images_each_die_gets_alone(ctx: ModelContext, 
         compensate(ctx, s, e).calibratable for s, e in zip(sigs, ecids, strict=True)
     ]
     assert compensate_many(ctx, [], [], []) == []
+
+
+def test_batched_searches_that_leave_their_window_match_each_die_alone(
+    ctx: ModelContext, make_driver: Make
+) -> None:
+    # A zero-width window: every channel is on its edge after three moves, so every search ends in
+    # the coarse scan over its die's whole predicted range, whose grid must not depend on other dies.
+    config = CompensationConfig(window=0)
+    sigs = [
+        characterize(make_driver(s), budget=SMALL_BUDGET, rng=i).signature for i, s in enumerate((1.0, 4.0))
+    ]
+    headers = [
+        replace(decode_image(compensate(ctx, s, ECID).image_bytes).header, ecid=f"E{i}")
+        for i, s in enumerate(sigs)
+    ]
+    alone = [
+        encode_image(compensate_image(ctx.program, ctx.stats, s, h, config).image)
+        for s, h in zip(sigs, headers, strict=True)
+    ]
+    batched = compensate_images(ctx.program, ctx.stats, sigs, headers, config, dies_per_search=2)
+    assert [encode_image(o.image) for o in batched] == alone
