@@ -15,6 +15,7 @@ Settings come from the environment (``CIMCAL_*``, see :mod:`app.config`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -312,7 +313,7 @@ def _train_reference(commands: Subcommands) -> None:
     p.set_defaults(run=_run_train_reference)
 
 
-BENCHMARKS = ("quality", "hal", "api", "throughput", "priors", "exports")
+BENCHMARKS = ("all", "quality", "hal", "api", "throughput", "compensate", "priors", "exports")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -332,11 +333,76 @@ def _run_bench(args: argparse.Namespace) -> int:
 @subcommand
 def _bench(commands: Subcommands) -> None:
     p = commands.add_parser(
-        "bench", help="benchmarks: " + ", ".join(BENCHMARKS) + " (options after the name; --help for each)"
+        "bench",
+        help="benchmarks: " + ", ".join(BENCHMARKS) + " (all, the default, runs every figure of issue 12;"
+        " options after the name, e.g. cimcal bench all --dies 4; --help for each)",
     )
-    p.add_argument("name", choices=BENCHMARKS)
+    p.add_argument("name", nargs="?", choices=BENCHMARKS, default="all", help="default: all (bench/all.py)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     p.set_defaults(run=_run_bench)
+
+
+# ------------------------------------------------------------------------------------------------- lots
+def _run_lots_recompensate(args: argparse.Namespace) -> int:
+    from app.services.images import ImageStore
+    from app.services.recompensate import recompensate_lot
+    from app.services.runtime import ModelRuntimes
+
+    if args.device == "cpu":
+        import torch
+
+        torch.set_num_threads(1)  # batches run one per process and core (--workers)
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        if settings.auto_migrate:
+            migrate.upgrade(engine)
+        out = recompensate_lot(
+            make_session_factory(engine),
+            ModelRuntimes(settings),
+            ImageStore(settings.image_store_dir),
+            args.lot,
+            args.model,
+            batch_dies=args.batch,
+            device=args.device,
+            workers=args.workers,
+            actor="cli",
+        )
+    finally:
+        engine.dispose()
+    print(
+        f"lot {out.lot_id} for {out.model}: {out.computed} image(s) computed, {out.already} already there, "
+        f"{out.not_characterized} die(s) not characterized, {out.uncalibratable} uncalibratable; "
+        f"{out.wall_s:.1f} s ({out.dies_per_s:.1f} dies/s, numerics {out.compute_s:.1f} s on {out.device})"
+    )
+    return 0
+
+
+@subcommand
+def _lots(commands: Subcommands) -> None:
+    from app.services.recompensate import DEFAULT_BATCH_DIES
+
+    p = commands.add_parser("lots", help="lots")
+    sub = p.add_subparsers(dest="lots_command", required=True, metavar="COMMAND")
+    rc = sub.add_parser(
+        "recompensate",
+        help="compute every characterized die's image for a model from the stored signatures (no tester)",
+    )
+    rc.add_argument("lot")
+    rc.add_argument("--model", required=True, help="name@version of a stored model")
+    rc.add_argument(
+        "--batch", type=int, default=DEFAULT_BATCH_DIES, help="dies per batch (one transaction each)"
+    )
+    rc.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where torch runs the batched search"
+    )
+    rc.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes computing batches on the CPU (default: cores)",
+    )
+    rc.set_defaults(run=_run_lots_recompensate)
 
 
 # ----------------------------------------------------------------------------------------------- models

@@ -14,6 +14,7 @@ reference model); ``ctx.to_bytes()`` / ``ModelContext.from_bytes(data, program)`
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +27,13 @@ from app.calibration.characterize import (
     CharacterizationResult,
 )
 from app.calibration.characterize import characterize as _characterize
-from app.calibration.compensate import ALGORITHM_VERSION, CompensationConfig, compensate_image
+from app.calibration.compensate import (
+    ALGORITHM_VERSION,
+    CompensationConfig,
+    CompensationOutput,
+    compensate_image,
+    compensate_images,
+)
 from app.calibration.functional import (
     GRADE_TABLE,
     FunctionalResult,
@@ -57,6 +64,7 @@ __all__ = [
     "SignatureFormatError",
     "characterize",
     "compensate",
+    "compensate_many",
     "functional_test",
     "grade",
 ]
@@ -167,7 +175,29 @@ def compensate(
         signature_hash=signature_hash if signature_hash is not None else signature.sha256,
         algorithm_version=ALGORITHM_VERSION,
     )
-    out = compensate_image(ctx.program, ctx.stats, signature, header, config)
+    return _result(signature, compensate_image(ctx.program, ctx.stats, signature, header, config))
+
+
+def compensate_many(
+    ctx: ModelContext,
+    signatures: Sequence[Signature],
+    ecids: Sequence[str],
+    signature_hashes: Sequence[str],
+    *,
+    config: CompensationConfig | None = None,
+    device: str | None = None,
+) -> list[CompensationResult]:
+    """:func:`compensate` for many dies at once (a lot's stored signatures): the same images, with the
+    threshold searches batched over dies (torch on ``device``: None or "cpu", or "cuda")."""
+    headers = [
+        ImageHeader(ecid, ctx.program.name, ctx.program.version, sha, ALGORITHM_VERSION)
+        for ecid, sha in zip(ecids, signature_hashes, strict=True)
+    ]
+    outs = compensate_images(ctx.program, ctx.stats, signatures, headers, config, device=device)
+    return [_result(sig, out) for sig, out in zip(signatures, outs, strict=True)]
+
+
+def _result(signature: Signature, out: CompensationOutput) -> CompensationResult:
     blob = encode_image(out.image)
     g = signature.geometry
     ok, why = calibratable(

@@ -331,7 +331,7 @@ class Signature:
             if nib.size != n_cells or np.any(nib == 0):
                 raise SignatureFormatError("cell error section is truncated or holds invalid levels")
             cells = nib - 8
-        return cls(
+        sig = cls(
             geometry=g,
             gain=arrays["gain"].astype(np.float32).reshape(mp),
             offset_mac=arrays["offset_mac"].astype(np.float32).reshape(mp),
@@ -350,11 +350,15 @@ class Signature:
             edge_offset_lsb=None
             if edges is None
             else (edges.astype(np.float32) * float(header["edge_scale_lsb"])).reshape(*mp, g.adc_levels - 1),
-            cell_error=None
-            if cells is None
-            else (cells.astype(np.float32) * _cell_step(cell_sigma)).reshape(g.n_macros, g.rows, g.phys_cols),
             meta=header.get("meta", {}),
         )
+        if cells is not None:
+            # Stored levels are already on the grid: set them as __post_init__ would leave them
+            # (level * step in float64, then float32) without its re-quantization of every cell.
+            step = _cell_step(sig.cell_sigma)
+            cell_error = (cells.astype(np.float64) * step).astype(np.float32)
+            object.__setattr__(sig, "cell_error", cell_error.reshape(g.n_macros, g.rows, g.phys_cols))
+        return sig
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Signature) and self.to_bytes() == other.to_bytes()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 from sqlalchemy.orm import Session
 
@@ -68,9 +69,16 @@ class ModelRuntime:
 
 
 class ModelRuntimes:
-    """Per-process cache of :class:`ModelRuntime` by :attr:`ModelSource.key` (thread-safe)."""
+    """Per-process cache of :class:`ModelRuntime` by :attr:`ModelSource.key` (thread-safe).
+
+    Building one also sets this process's torch to one intra-op thread: the station computes one die
+    per test-site thread (or per Celery solo process, one per core), so torch's own threads would
+    only contend with the other dies; on a loaded 2-core machine they cost 5-8x the CPU of
+    compensation (docs/performance.md).
+    """
 
     def __init__(self, settings: Settings, geometry: ChipGeometry | None = None) -> None:
+        torch.set_num_threads(1)
         self.settings = settings
         self.geometry = geometry or ChipGeometry()
         self._lock = threading.Lock()

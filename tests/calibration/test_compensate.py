@@ -12,12 +12,12 @@ from numpy.typing import NDArray
 from app.calibration.activations import StatsFormatError
 from app.calibration.baselines import uncalibrated_image
 from app.calibration.characterize import characterize
-from app.calibration.compensate import CompensationConfig
+from app.calibration.compensate import CompensationConfig, compensate_image, compensate_images
 from app.calibration.evaluate import measured_layer_agreement
-from app.calibration.pipeline import ALGORITHM_VERSION, ModelContext, compensate
+from app.calibration.pipeline import ALGORITHM_VERSION, ModelContext, compensate, compensate_many
 from app.calibration.signature import Signature
 from bench.oracle import oracle_signature
-from hardware.chip import NetworkProgram, decode_image, map_network
+from hardware.chip import NetworkProgram, decode_image, encode_image, map_network
 from hardware.sim.driver import SimulatedDriver
 from tests.calibration.conftest import ADDRESS, SMALL, SMALL_BUDGET, fleet_config
 
@@ -137,3 +137,46 @@ def test_stuck_cell_that_disagrees_on_a_busy_row_is_routed_away(ctx: ModelContex
         ECID,
     )
     assert int(comp.image.col_map[tile.macro, 1]) != 1
+
+
+def test_a_batch_of_dies_gets_the_images_each_die_gets_alone(ctx: ModelContext, make_driver: Make) -> None:
+    # Dies of different variation, one with many dead bit lines and stuck cells (re-routing, searches
+    # that leave their window), one without per-cell errors: the batched searches change no byte.
+    drivers = [make_driver(1.0), make_driver(3.0), make_driver(2.0, dead_col_rate=0.03, stuck_cell_rate=3e-3)]
+    sigs = [characterize(d, budget=SMALL_BUDGET, rng=i).signature for i, d in enumerate(drivers)]
+    sigs.append(replace(sigs[0], cell_error=None))
+    ecids = [f"LOTB-W01-X+00{i}Y+000" for i in range(len(sigs))]
+    hashes = [s.sha256 for s in sigs]
+    alone = [compensate(ctx, s, e, h).image_bytes for s, e, h in zip(sigs, ecids, hashes, strict=True)]
+    for per_search in (1, 3, 4):
+        outs = compensate_images(
+            ctx.program, ctx.stats, sigs, [decode_image(a).header for a in alone], dies_per_search=per_search
+        )
+        assert [encode_image(o.image) for o in outs] == alone, per_search
+    batched = compensate_many(ctx, sigs, ecids, hashes, device="cpu")
+    assert [b.image_bytes for b in batched] == alone
+    assert [b.calibratable for b in batched] == [
+        compensate(ctx, s, e).calibratable for s, e in zip(sigs, ecids, strict=True)
+    ]
+    assert compensate_many(ctx, [], [], []) == []
+
+
+def test_batched_searches_that_leave_their_window_match_each_die_alone(
+    ctx: ModelContext, make_driver: Make
+) -> None:
+    # A zero-width window: every channel is on its edge after three moves, so every search ends in
+    # the coarse scan over its die's whole predicted range, whose grid must not depend on other dies.
+    config = CompensationConfig(window=0)
+    sigs = [
+        characterize(make_driver(s), budget=SMALL_BUDGET, rng=i).signature for i, s in enumerate((1.0, 4.0))
+    ]
+    headers = [
+        replace(decode_image(compensate(ctx, s, ECID).image_bytes).header, ecid=f"E{i}")
+        for i, s in enumerate(sigs)
+    ]
+    alone = [
+        encode_image(compensate_image(ctx.program, ctx.stats, s, h, config).image)
+        for s, h in zip(sigs, headers, strict=True)
+    ]
+    batched = compensate_images(ctx.program, ctx.stats, sigs, headers, config, dies_per_search=2)
+    assert [encode_image(o.image) for o in batched] == alone

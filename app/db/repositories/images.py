@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.tables import Die, Image, Model, Signature
+from app.db.tables import Die, Image, Model, Signature, Wafer
 
 
 def get(session: Session, die_id: int, model_id: int, signature_id: int) -> Image | None:
@@ -36,3 +39,38 @@ def current_for(session: Session, ecid: str, model_name: str, model_version: str
             Model.version == model_version,
         )
     )
+
+
+def add_many(session: Session, rows: Sequence[Image]) -> None:
+    session.add_all(rows)
+    session.flush()
+
+
+def lot_pending(session: Session, lot_id: str, model_id: int) -> tuple[list[LotDie], int]:
+    """The lot's dies that have a current signature but no image of it for the model (in ECID order),
+    and how many dies of the lot have no current signature."""
+    done = select(Image.id).where(Image.signature_id == Signature.id, Image.model_id == model_id).exists()
+    rows = session.execute(
+        select(Die.id, Die.ecid, Signature.id, Signature.sha256, Signature.provenance_id, done)
+        .join(Wafer, Die.wafer_id == Wafer.id)
+        .outerjoin(Signature, (Signature.die_id == Die.id) & Signature.is_current)
+        .where(Wafer.lot_id == lot_id)
+        .order_by(Die.ecid)
+    ).all()
+    pending = [
+        LotDie(die_id, ecid, sig_id, sig_sha, prov)
+        for die_id, ecid, sig_id, sig_sha, prov, has_image in rows
+        if sig_id is not None and not has_image
+    ]
+    return pending, sum(1 for r in rows if r[2] is None)
+
+
+@dataclass(frozen=True)
+class LotDie:
+    """A die of a lot with its current signature (no blob)."""
+
+    die_id: int
+    ecid: str
+    signature_id: int
+    signature_sha256: str
+    provenance_id: int | None

@@ -53,3 +53,12 @@ def search(
 def get_wafer(session: Session, lot_id: str, number: int) -> Wafer | None:
     stmt = select(Wafer).options(undefer(Wafer.die_map))
     return session.scalar(stmt.where(Wafer.lot_id == lot_id, Wafer.number == number))
+
+
+def count_dies(session: Session, lot_id: str) -> int:
+    return (
+        session.scalar(
+            select(func.count(Die.id)).join(Wafer, Die.wafer_id == Wafer.id).where(Wafer.lot_id == lot_id)
+        )
+        or 0
+    )

@@ -51,3 +51,11 @@ def add(session: Session, signature: Signature) -> Signature:
     session.add(signature)
     session.flush()
     return signature
+
+
+def blobs(session: Session, signature_ids: Collection[int]) -> dict[int, bytes]:
+    """The stored bytes of the signatures ``signature_ids``, by id, in one query."""
+    if not signature_ids:
+        return {}
+    rows = session.execute(select(Signature.id, Signature.blob).where(Signature.id.in_(signature_ids)))
+    return {sig_id: bytes(blob) for sig_id, blob in rows}

@@ -1,0 +1,98 @@
+"""Per-channel integer thresholds: maximise the predicted agreement with the ideal chip's decisions
+while keeping each channel's predicted firing rate at the ideal one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from app.calibration.activations import LayerStats
+from app.calibration.compensation.config import CompensationConfig
+from app.calibration.compensation.prediction import Instance, sample_model
+from hardware.chip import ChipGeometry
+
+
+def _first_guess(stats: LayerStats, c0: int, nc: int, instances: Sequence[Instance]) -> NDArray[np.int64]:
+    """Threshold (nc,): the predicted mean code sum of the samples closest to the ideal boundary."""
+    t_ideal = stats.threshold[c0 : c0 + nc].astype(np.float64)
+    s_sum = stats.tile_sum[c0 : c0 + nc].astype(np.float64)  # (nc, n, n_rt)
+    near = np.abs(s_sum.sum(axis=2) - t_ideal[:, None] + 0.5) <= 2.0
+    w = np.where(near, 1.0, 1e-6)
+    at_boundary = (s_sum * w[:, :, None]).sum(axis=1) / w.sum(axis=1)[:, None]  # (nc, n_rt)
+    guess = np.zeros(nc)
+    for inst in instances:
+        part = inst.gain * at_boundary[:, inst.row_tile] + inst.offset
+        guess += np.where(inst.dead, inst.dead_code, part)
+    return np.rint(guess + 0.5).astype(np.int64)
+
+
+def optimise_thresholds(
+    stats: LayerStats,
+    c0: int,
+    nc: int,
+    instances: Sequence[Instance],
+    geometry: ChipGeometry,
+    config: CompensationConfig,
+    *,
+    die_channels: int | None = None,
+    device: torch.device | None = None,
+) -> tuple[NDArray[np.int32], NDArray[np.float64]]:
+    """Best integer thresholds (nc,) and their predicted agreement (nc,) for one column tile.
+
+    ``die_channels``: the channels are several dies' (stacked instances, ``stats`` repeated), this
+    many per die; each die's search is the one it would get alone. ``device``: where torch scores
+    the candidates (default CPU).
+    """
+    guess = _first_guess(stats, c0, nc, instances)
+    model = sample_model(stats, c0, nc, instances, geometry)
+    w = stats.weight[c0 : c0 + nc].astype(np.float64)
+    y = stats.ideal[c0 : c0 + nc]
+    rate_ideal = np.einsum("cn,cn->c", w, y.astype(np.float64))
+    # agreement = sum w y p + sum w (1 - y) (1 - p); firing rate = sum w p: two weighted sums of p.
+    w_split = torch.from_numpy(np.stack([w * y, w * ~y], axis=1)).to(device)  # (nc, 2, n)
+    w_off = (w * ~y).sum(axis=1)
+
+    def best_of(
+        cand: NDArray[np.int64], rows: NDArray[np.intp]
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.intp]]:
+        sums = torch.bmm(w_split[rows], model.prob(cand, rows, device)).cpu().numpy()  # (m, 2, n_cand)
+        agree = sums[:, 0] + w_off[rows, None] - sums[:, 1]
+        bias = sums[:, 0] + sums[:, 1] - rate_ideal[rows, None]
+        best = np.argmax(agree - config.bias_weight * bias**2, axis=1)
+        m = np.arange(rows.size)
+        return cand[m, best], agree[m, best], best
+
+    offsets = np.arange(-config.window, config.window + 1)
+    center = guess.copy()
+    chosen = np.zeros(nc, np.int64)
+    agreement = np.zeros(nc)
+    # A channel whose best candidate is inside its window is settled; only the others search on.
+    active = np.arange(nc)
+    for _ in range(3):
+        chosen[active], agreement[active], best = best_of(center[active, None] + offsets[None, :], active)
+        edge = (best == 0) | (best == offsets.size - 1)
+        if not np.any(edge):
+            return chosen.astype(np.int32), agreement
+        center[active] = np.where(edge, chosen[active], center[active])
+        active = active[edge]
+    at_edge = np.zeros(nc, bool)
+    at_edge[active] = True
+    # Still on the edge of the window (a guess far off, e.g. next to a dead bit line): scan the whole
+    # range the predicted sums span, coarsely, then refine around the best coarse candidate.
+    every = np.arange(nc)
+    lo = np.floor((model.center - 4.0 * model.spread).min(axis=1)).astype(np.int64)
+    hi = np.ceil((model.center + 4.0 * model.spread).max(axis=1)).astype(np.int64) + 1
+    step = max(1, config.window)
+    # The grid spans the widest channel of each die; a die with a shorter span repeats its last
+    # point (a tie the argmax resolves to the first), so stacking dies changes no die's result.
+    per_die = die_channels or nc
+    span = np.ceil((hi - lo).reshape(-1, per_die).max(axis=1) / step).astype(np.int64)  # (n_dies,)
+    k = np.minimum(np.arange(int(span.max()) + 1)[None, :], np.repeat(span, per_die)[:, None])
+    grid = lo[:, None] + step * k
+    coarse, _, _ = best_of(np.concatenate([grid, chosen[:, None]], axis=1), every)
+    center = np.where(at_edge, coarse, chosen)
+    chosen, agreement, _ = best_of(center[:, None] + offsets[None, :], every)
+    return chosen.astype(np.int32), agreement

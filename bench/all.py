@@ -1,0 +1,273 @@
+"""Every figure of issue 12 in one run: ``cimcal bench`` (or ``python -m bench.all``).
+
+    cimcal bench [--dies 8] [--lot-dies 256] [--device cpu|cuda] [--workers N]
+                 [--wafers 2] [--dies-per-wafer 12] [--celery 1,2] [--clients 64] [--requests 4000]
+                 [--skip api,celery,...] [--seed 0] [--json PATH]
+
+Prints host ms per die (estimate / compensate / bookkeeping), tester s per die (characterization,
+functional test), dies/s end to end (characterize + compensate + functional test through the job
+system: the local runner and 1 and 2 Celery workers at ``CIMCAL_BROKER_URL``), lot re-compensation
+dies/s (synthetic stored signatures, extrapolated to 12,500 dies unless ``--lot-dies 12500``), and
+the cached image GET against ``/healthz``: throughput and p99 ratios.
+
+Each part calls the benchmark that owns it when this checkout has it (``bench.characterize.measure``
+for estimation, ``bench.api.measure`` for serving); otherwise it measures what the current code
+offers and says so in the row. Defaults keep the run to a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PARTS = ("estimate", "compensate", "lot", "local", "celery", "api")
+
+
+def _owned(module: str) -> Any | None:
+    """``module.measure`` when the benchmark that owns the figure exists in this checkout."""
+    try:
+        return getattr(importlib.import_module(module), "measure", None)
+    except ImportError:
+        return None
+
+
+def estimate_part(seed: int) -> dict[str, Any] | None:
+    measure = _owned("bench.characterize")
+    if measure is None:
+        return None
+    result: dict[str, Any] = measure(seed=seed)
+    return result
+
+
+def throughput_part(args: argparse.Namespace, celery: str) -> list[dict[str, Any]]:
+    from bench import throughput
+
+    out = Path(tempfile.mkdtemp(prefix="cimcal-bench-all-")) / "throughput.json"
+    argv = [
+        "--wafers", str(args.wafers),
+        "--dies-per-wafer", str(args.dies_per_wafer),
+        "--steps", "characterize,compensate,functional-test",
+        "--celery", celery,
+        "--json", str(out),
+    ]  # fmt: skip
+    throughput.main(argv)
+    rows: list[dict[str, Any]] = json.loads(out.read_text())
+    return rows
+
+
+def api_part(clients: int, requests: int) -> dict[str, Any]:
+    measure = _owned("bench.api")
+    if measure is not None:
+        result: dict[str, Any] = measure(clients=clients, requests=requests)
+        return result
+    return {**_api_fallback(clients, requests), "note": "bench.api.measure absent: httpx client of bench.api"}
+
+
+def _api_fallback(clients: int, requests: int) -> dict[str, Any]:
+    """Cached image GET and /healthz side by side on one ``cimcal serve`` with bench.api's httpx load."""
+    import secrets
+
+    import httpx
+
+    from bench.api import _free_port, _load
+
+    tmp = Path(tempfile.mkdtemp(prefix="cimcal-bench-api-"))
+    port, admin = _free_port(), "cimcal_bench_" + secrets.token_urlsafe(24)
+    env = {
+        **os.environ,
+        "CIMCAL_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
+        "CIMCAL_IMAGE_STORE_DIR": str(tmp / "images"),
+        "CIMCAL_BOOTSTRAP_ADMIN_KEY": admin,
+    }
+    cmd = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with (tmp / "server.log").open("wb") as log:
+        server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    base, h = f"http://127.0.0.1:{port}", {"X-API-Key": admin}
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"the server did not start (log {tmp / 'server.log'})")
+            time.sleep(0.3)
+        with httpx.Client(base_url=base, headers=h, timeout=600) as c:
+            lot = {"lot_id": "BAPI", "product": "KWS", "wafers": [{"number": 1, "sites": [[0, 0]]}]}
+            c.post("/v1/lots", json=lot).raise_for_status()
+            first = c.get("/v1/models").json()["items"][0]
+            ref = f"{first['name']}@{first['version']}"
+            c.post("/v1/dies/BAPI-W01-X+000Y+000/characterize", json={}).raise_for_status()
+            c.get("/v1/chips/BAPI-W01-X+000Y+000/image", params={"model": ref}).raise_for_status()
+        image = asyncio.run(
+            _load(f"{base}/v1/chips/BAPI-W01-X+000Y+000/image?model={ref}", h, clients, requests, 200)
+        )
+        health = asyncio.run(_load(f"{base}/healthz", h, clients, requests, 200))
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return {
+        "image_rps": image["requests_per_s"],
+        "healthz_rps": health["requests_per_s"],
+        "rps_ratio": image["requests_per_s"] / health["requests_per_s"],
+        "image_p99_ms": image["p99_ms"],
+        "healthz_p99_ms": health["p99_ms"],
+        "p99_ratio": image["p99_ms"] / health["p99_ms"],
+    }
+
+
+def _row(label: str, value: float | None, unit: str, target: str = "", note: str = "") -> str:
+    shown = "-" if value is None else f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return f"{label:<46} {shown:>10} {unit:<10} {target:<12} {note}"
+
+
+def report(r: dict[str, Any]) -> list[str]:
+    lines = [f"{'figure':<46} {'value':>10} {'unit':<10} {'target':<12} how"]
+    comp = r.get("compensate")
+    est = r.get("estimate")
+    if est is not None:
+        lines.append(
+            _row(
+                "host: estimate (median per die)",
+                est.get("estimate_ms_median"),
+                "ms",
+                "",
+                "bench.characterize",
+            )
+        )
+    elif comp is not None:
+        lines.append(
+            _row(
+                "host: characterize (simulator + estimation)",
+                comp["characterize_host_ms_median (simulator + estimation)"],
+                "ms CPU",
+                "",
+                "no bench.characterize here: estimation not split from the simulator",
+            )
+        )
+    if comp is not None:
+        pd = comp["per_die"]
+        lines += [
+            _row(
+                "host: compensate (median per die, one core)",
+                pd["compensate_ms_median"],
+                "ms CPU",
+                "< 25 with bk",
+            ),
+            _row("host: bookkeeping (decode, store, DB row)", pd["bookkeeping_ms_median"], "ms CPU"),
+            _row(
+                "host: compensate + bookkeeping",
+                pd["compensate_plus_bookkeeping_ms_median"],
+                "ms CPU",
+                "< 25",
+            ),
+            _row("host: signature record (characterize's DB)", pd["signature_record_ms_median"], "ms CPU"),
+            _row(
+                "tester: characterization per die",
+                (est or {}).get("tester_s_per_die", comp["tester_s_per_die_characterize"]),
+                "s",
+                "<= 0.1",
+            ),
+            _row("tester: functional test per die", pd["tester_s_per_die_functional_test"], "s"),
+        ]
+    lot = r.get("lot")
+    if lot is not None:
+        lines.append(
+            _row(
+                f"re-compensation ({lot['dies']} synthetic dies, {lot['device']})",
+                lot["dies_per_s"],
+                "dies/s",
+                "",
+                f"{lot['workers']} worker(s), batches of {lot['batch_dies']}",
+            )
+        )
+        lines.append(
+            _row("  12,500-die lot (extrapolated, wall)", lot["lot_12500_s_extrapolated"], "s", "< 120")
+        )
+        lines.append(
+            _row(
+                "  12,500-die lot (from CPU s, all cores ours)",
+                lot.get("lot_12500_s_if_every_core_were_ours"),
+                "s",
+                "< 120",
+                "what an unshared machine would take",
+            )
+        )
+    runs = r.get("throughput") or []
+    by_mode = {t["mode"]: t for t in runs}
+    for t in runs:
+        lines.append(_row(f"end to end: {t['mode']} ({t['dies']} dies)", t["dies_per_s"], "dies/s", ">= 10"))
+    if "celery-1" in by_mode and "celery-2" in by_mode:
+        ratio = by_mode["celery-2"]["dies_per_s"] / by_mode["celery-1"]["dies_per_s"]
+        lines.append(_row("  celery 2 workers / 1 worker", ratio, "x", ">= 1.8", f"{os.cpu_count()} cores"))
+    api = r.get("api")
+    if api is not None:
+        lines.append(
+            _row("image GET / healthz throughput", api["rps_ratio"], "x", ">= 0.9", api.get("note", ""))
+        )
+        lines.append(_row("image GET / healthz p99", api["p99_ratio"], "x", "<= 2"))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dies", type=int, default=8, help="per-die host cost: simulated dies")
+    ap.add_argument(
+        "--lot-dies", type=int, default=256, help="re-compensation: synthetic dies (12500: a lot)"
+    )
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--workers", type=int, default=None, help="re-compensation processes (default: cores)")
+    ap.add_argument("--wafers", type=int, default=2)
+    ap.add_argument("--dies-per-wafer", type=int, default=12)
+    ap.add_argument("--celery", default="1,2")
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=4000)
+    ap.add_argument("--skip", default="", help=f"parts to leave out, of {','.join(PARTS)}")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args(argv)
+    skip = {p for p in a.skip.split(",") if p}
+    if skip - set(PARTS):
+        ap.error(f"unknown parts {sorted(skip - set(PARTS))}")
+    t0 = time.perf_counter()
+    r: dict[str, Any] = {"seed": a.seed, "cores": os.cpu_count()}
+    if "estimate" not in skip:
+        r["estimate"] = estimate_part(a.seed)
+    if "compensate" not in skip or "lot" not in skip:
+        from bench import compensate
+
+        part = compensate.measure(
+            a.dies, 0 if "lot" in skip else a.lot_dies, a.batch, a.device, a.seed, a.workers
+        )
+        r["lot"] = part.pop("lot", None)
+        r["compensate"] = part
+    if "local" not in skip or "celery" not in skip:
+        r["throughput"] = throughput_part(a, "" if "celery" in skip else a.celery)
+    if "api" not in skip:
+        r["api"] = api_part(a.clients, a.requests)
+    r["wall_s"] = time.perf_counter() - t0
+    print()
+    print("\n".join(report(r)))
+    print(f"\n(cimcal bench, seed {a.seed}, {os.cpu_count()} cores, {r['wall_s']:.0f} s)")
+    if a.json:
+        a.json.write_text(json.dumps(r, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
