@@ -183,7 +183,8 @@ def _worker(commands: Subcommands) -> None:
 
 # ------------------------------------------------------------------------------------------------- jobs
 def _run_jobs_resume(args: argparse.Namespace) -> int:
-    from app.jobs.runner import LocalRunner, build_runner
+    from app.jobs.build import build_runner
+    from app.jobs.runner import LocalRunner
 
     settings = get_settings()
     engine = make_engine(settings.database_url)

@@ -12,7 +12,7 @@ effectively exactly-once:
   unacknowledged (waiting in the worker's reservation + running its chunk + a busy-die retry
   countdown of one lease); shorter means a healthy chunk is delivered twice (harmless, but the
   second delivery only finds claimed dies), longer means a dead worker's chunk waits longer.
-  ``DEFAULT_VISIBILITY_TIMEOUT_S`` (10 min) covers chunks of :data:`~app.jobs.runner.DEFAULT_CHUNK_DIES`
+  ``DEFAULT_VISIBILITY_TIMEOUT_S`` (10 min) covers chunks of :data:`~app.jobs.base.DEFAULT_CHUNK_DIES`
   dies at seconds per die with a wide margin.
 """
 
@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 from app.config import Settings, get_settings
 from app.db import migrate
 from app.db.session import make_engine, make_session_factory
-from app.jobs.runner import DEFAULT_CHUNK_DIES, JobRunner
+from app.jobs.base import DEFAULT_CHUNK_DIES, JobRunner
 from app.services import jobs as jobs_service
 from app.services.jobs import ExecutionContext, StepFunctions
 

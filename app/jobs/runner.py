@@ -1,76 +1,20 @@
-"""The runner interface and the in-process runner.
-
-``submit(job_id)`` reads the job's open dies from the database and hands them out in chunks;
-``resume()`` submits every unfinished job (what the local runner does when the service starts).
-Neither keeps state that the database does not also hold: a lost chunk is found again by ``resume``.
-"""
+"""The in-process runner: a pool of threads fed from an in-memory queue of chunks."""
 
 from __future__ import annotations
 
 import logging
 import queue
 import threading
-from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from app.config import Settings
+from app.jobs.base import DEFAULT_CHUNK_DIES, JobRunner
 from app.services import jobs as jobs_service
-from app.services.jobs import ExecutionContext, StepFunctions
-
-if TYPE_CHECKING:
-    from app.services.hardware import DriverPool
-    from app.services.images import ImageStore
-    from app.services.runtime import ModelRuntimes
+from app.services.jobs import ExecutionContext
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_DIES = 8
 DB_RETRY_S = 5.0
 
-
-class JobRunner(ABC):
-    """Where job chunks run."""
-
-    name: str = "abstract"
-
-    def __init__(self, chunk_dies: int = DEFAULT_CHUNK_DIES) -> None:
-        if chunk_dies < 1:
-            raise ValueError("chunk_dies must be at least 1")
-        self.chunk_dies = chunk_dies
-
-    def start(self) -> None:  # noqa: B027 (optional hook)
-        """Start serving (and resume unfinished jobs where the runner owns the execution)."""
-
-    def stop(self, timeout_s: float = 30.0) -> None:  # noqa: B027 (optional hook)
-        """Stop taking work; dies in progress finish their current step."""
-
-    @abstractmethod
-    def _send(self, job_id: int, die_ids: list[int]) -> None: ...
-
-    @abstractmethod
-    def _open_die_ids(self, job_id: int) -> list[int]: ...
-
-    @abstractmethod
-    def _open_job_ids(self) -> list[int]: ...
-
-    def submit(self, job_id: int) -> int:
-        """Hand out the job's open dies in chunks; returns the number of chunks."""
-        parts = jobs_service.chunks(self._open_die_ids(job_id), self.chunk_dies)
-        for part in parts:
-            self._send(job_id, part)
-        log.info("job %d: %d chunks submitted to the %s runner", job_id, len(parts), self.name)
-        return len(parts)
-
-    def resume(self, job_ids: list[int] | None = None) -> list[int]:
-        """Submit every queued or running job (of ``job_ids``) again; a duplicate chunk is harmless:
-        it only finds claimed or finished dies."""
-        open_ids = self._open_job_ids()
-        chosen = open_ids if job_ids is None else [j for j in open_ids if j in set(job_ids)]
-        for job_id in chosen:
-            self.submit(job_id)
-        return chosen
+__all__ = ["DB_RETRY_S", "DEFAULT_CHUNK_DIES", "JobRunner", "LocalRunner"]
 
 
 class LocalRunner(JobRunner):
@@ -192,29 +136,3 @@ class LocalRunner(JobRunner):
                 self._later(retry[0], job_id, retry[1])
             else:
                 self._done_one()
-
-
-def build_runner(
-    settings: Settings,
-    factory: sessionmaker[Session],
-    steps: StepFunctions | None = None,
-    *,
-    workers: int | None = None,
-    resume_on_start: bool = True,
-    pool: DriverPool | None = None,
-    runtimes: ModelRuntimes | None = None,
-    store: ImageStore | None = None,
-) -> JobRunner:
-    """The runner ``settings.job_runner`` names. ``local`` runs ``steps`` (default: the calibration
-    use cases on ``pool``, ``runtimes`` and ``store``, the service's own when it passes them) on
-    ``workers`` threads (default: one per test site, ``CIMCAL_TEST_SITES``)."""
-    if settings.job_runner == "celery":
-        from app.jobs.celery_app import CeleryRunner, make_celery
-
-        return CeleryRunner(make_celery(settings.broker_url), factory, resend_on_start=resume_on_start)
-    if steps is None:
-        from app.jobs.steps import calibration_steps
-
-        steps = calibration_steps(factory, settings, pool=pool, runtimes=runtimes, store=store)
-    n = workers if workers is not None else settings.test_sites
-    return LocalRunner(ExecutionContext(factory, steps), workers=n, resume_on_start=resume_on_start)

@@ -27,9 +27,9 @@ from app.services.jobs import (
     RetryPolicy,
     StepCall,
     StepFunctions,
-    _run_step,
     process_chunk,
 )
+from app.services.jobs.execution import _run_step
 from hardware.driver import ContactError, DieFault, HardwareTimeoutError, ProtocolError
 from tests.jobs.conftest import FAST_RETRY, LOT, Harness
 
