@@ -233,8 +233,9 @@ def test_faults_are_retried_and_dies_that_still_fail_get_the_alarm_bin(
     h = make_context(p_timeout=0.15, p_contact_loss=0.1, p_gross_defect=0.2)
     run_to_end(h, workers=1)
 
-    assert job_state(session_factory, job_id) == JobState.succeeded
+    assert job_state(session_factory, job_id) == JobState.completed_with_failures
     with session_scope(session_factory) as s:
+        counters = jobs.get_job(s, job_id).counters
         items = s.execute(
             select(JobItem.die_id, JobItem.step, JobItem.state, JobItem.attempts, JobItem.error).where(
                 JobItem.job_id == job_id
@@ -257,6 +258,72 @@ def test_faults_are_retried_and_dies_that_still_fail_get_the_alarm_bin(
             assert error.startswith("not run: ") and attempts == 0
     assert {bins[d] for d in set(bins) - failed} == {(1, 1)}
     assert any(a > 1 for _, _, state, a, _ in items if state == JobState.succeeded)  # retries helped
+    alarmed = {d for d, _, _, _, e in items if e and e.startswith("alarm: ")}
+    faulty = {d for d, _, _, _, e in items if e and e.startswith("die fault: ")}
+    assert counters == {
+        "dies": len(lot_ecids),
+        "dies_done": len(lot_ecids),
+        "dies_succeeded": len(lot_ecids) - len(failed),
+        "dies_failed": len(failed),
+        "dies_alarmed": len(alarmed),
+        "dies_die_fault": len(faulty),
+        "dies_cancelled": 0,
+        "items_retried": sum(a > 1 for *_, a, _ in items),
+        "attempts": sum(a for *_, a, _ in items),
+    }
+
+
+def test_a_job_whose_every_die_fails_ends_failed_not_succeeded(
+    session_factory: Factory, lot_ecids: list[str], make_context: Callable[..., Harness]
+) -> None:
+    job_id = create_job(session_factory)
+    h = make_context()
+
+    def broken(call: StepCall) -> object:
+        raise DieFault("short")
+
+    h.context.steps = dataclasses.replace(h.context.steps, characterize=broken)
+    run_to_end(h)
+    n = len(lot_ecids)
+    with session_scope(session_factory) as s:
+        p = jobs.job_progress(s, job_id)
+    assert p.job.state == JobState.failed and p.job.finished_at is not None
+    assert [(st.step, st.failed, st.succeeded) for st in p.steps] == [(step, n, 0) for step in STEP_ORDER]
+    assert p.job.counters["dies_failed"] == p.job.counters["dies_die_fault"] == n
+    assert p.job.counters["dies_succeeded"] == 0 and p.job.counters["attempts"] == n  # not-run steps: none
+
+
+def test_attempts_count_started_attempts_so_a_crash_inside_a_step_is_counted(
+    session_factory: Factory, lot_ecids: list[str], make_context: Callable[..., Harness]
+) -> None:
+    """A worker that dies inside a step never finishes the attempt; the item still shows it, and the
+    step function receives the item and its attempt number (unique per attempt over redeliveries)."""
+    job_id = create_job(session_factory, ("characterize",))
+    h = make_context()
+    real = h.context.steps.characterize
+    seen: list[tuple[int | None, int]] = []
+    crashes = [SystemExit("killed")]
+
+    def crashing(call: StepCall) -> object:
+        seen.append((call.item_id, call.attempt))
+        if crashes:
+            raise crashes.pop()
+        return real(call)
+
+    h.context.steps = dataclasses.replace(h.context.steps, characterize=crashing)
+    die_ids = jobs.open_die_ids(session_factory, job_id)
+    with pytest.raises(SystemExit):
+        process_chunk(h.context, job_id, die_ids[:1])
+    process_chunk(h.context, job_id, die_ids)
+    with session_scope(session_factory) as s:
+        attempts = dict(
+            s.execute(select(JobItem.die_id, JobItem.attempts).where(JobItem.job_id == job_id)).all()
+        )
+        job = jobs.get_job(s, job_id)
+    assert attempts == {d: 2 if d == die_ids[0] else 1 for d in die_ids}
+    assert seen[0][1] == 1 and seen[1] == (seen[0][0], 2)  # the same item, its second attempt
+    assert len({item for item, _ in seen}) == len(die_ids) and None not in {item for item, _ in seen}
+    assert job.state == JobState.succeeded and job.counters["attempts"] == len(die_ids) + 1
 
 
 def test_job_creation_validates_its_input(session_factory: Factory, lot_ecids: list[str]) -> None:

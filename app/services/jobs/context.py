@@ -23,7 +23,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StepCall:
-    """One step on one die, as the step functions receive it (IDs and the job's parameters only)."""
+    """One step on one die, as the step functions receive it (IDs and the job's parameters only).
+
+    ``item_id`` and ``attempt`` name this attempt of the job item: the attempt number counts every
+    attempt the item started, over redeliveries too, so ``(item_id, attempt)`` is unique per attempt
+    (what makes an alarm write idempotent). Callers outside a job leave them at their defaults."""
 
     job_id: int
     die_id: int
@@ -31,6 +35,8 @@ class StepCall:
     step: str
     model: str | None
     force: bool
+    item_id: int | None = None
+    attempt: int = 1
 
 
 StepFn = Callable[[StepCall], object]

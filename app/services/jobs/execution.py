@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Literal
 
@@ -38,10 +38,28 @@ def _describe(e: BaseException) -> str:
     return f"{code or type(e).__name__}: {e}"
 
 
-def _run_step(ctx: ExecutionContext, call: StepCall, retry: RetryPolicy) -> tuple[str, str | None, int]:
-    """Run one step with the retry policy; returns (item state, error, attempts)."""
+class ClaimLost(Exception):
+    """Our lease on the die ran out and another worker reclaimed it: leave the rest of it to that one."""
+
+
+def _run_step(
+    ctx: ExecutionContext,
+    call: StepCall,
+    retry: RetryPolicy,
+    begin_attempt: Callable[[], int | None] | None = None,
+) -> tuple[str, str | None, int]:
+    """Run one step with the retry policy; returns (item state, error, attempts made here).
+
+    ``begin_attempt`` records each attempt as it starts (so a worker killed inside a step leaves the
+    attempt counted) and returns the item's attempt number, which the step receives in
+    ``call.attempt``; None means the claim was lost (:class:`ClaimLost` is raised)."""
     fn = ctx.steps.for_step(call.step)
     for attempt in range(1, retry.max_attempts + 1):
+        if begin_attempt is not None:
+            number = begin_attempt()
+            if number is None:
+                raise ClaimLost(call.step)
+            call = replace(call, attempt=number)
         try:
             fn(call)
             return JobState.succeeded, None, attempt
@@ -147,7 +165,6 @@ def _run_die(
                             owner=token,
                             state=JobState.cancelled,
                             error=None,
-                            attempts=0,
                             now=now,
                         )
                 else:
@@ -164,14 +181,24 @@ def _run_die(
         state: str
         error: str | None
         if failed_before is not None:
-            state, error, attempts = JobState.failed.value, f"not run: {failed_before} failed", 0
+            state, error = JobState.failed.value, f"not run: {failed_before} failed"
         else:
             force = False
             if params.force:
                 with session_scope(ctx.factory) as s:
                     force = _effective_force(s, params, job, die_id, step)
-            call = StepCall(job.id, die_id, ecid, step, params.model, force)
-            state, error, attempts = _run_step(ctx, call, params.retry)
+            item_id = item_of[step]
+            call = StepCall(job.id, die_id, ecid, step, params.model, force, item_id=item_id)
+
+            def begin_attempt(item_id: int = item_id) -> int | None:
+                with session_scope(ctx.factory) as s:
+                    return repo.start_attempt(s, item_id=item_id, owner=token, now=utcnow())
+
+            try:
+                state, error, _ = _run_step(ctx, call, params.retry, begin_attempt)
+            except ClaimLost:
+                log.warning("job %d die %s: lost the claim before %s", job.id, ecid, step)
+                return "lost"
         with session_scope(ctx.factory) as s:
             kept = repo.finish_item(
                 s,
@@ -179,7 +206,6 @@ def _run_die(
                 owner=token,
                 state=state,
                 error=error,
-                attempts=attempts,
                 now=utcnow(),
             )
             job_state = repo.state_of(s, job.id)
@@ -236,6 +262,7 @@ def process_chunk(
         ctx.heartbeat.untrack(token)
     with session_scope(ctx.factory) as s:
         busy = repo.held_elsewhere(s, job_id=job_id, die_ids=unclaimed, owner=token)
-        if repo.finish_if_done(s, job_id, utcnow()):
-            log.info("job %d finished", job_id)
+        end = repo.finish_if_done(s, job_id, utcnow())
+        if end is not None:
+            log.info("job %d finished: %s", job_id, end)
     return ChunkResult(processed=processed, busy=busy, stopped=stopped)

@@ -13,7 +13,9 @@ from app.errors import InvalidInputError
 JOB_KIND = "calibrate"
 STEP_ORDER: tuple[str, ...] = ("characterize", "compensate", "functional-test")
 NEEDS_MODEL = frozenset({"compensate", "functional-test"})
-TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+TERMINAL_STATES = frozenset(
+    {JobState.succeeded, JobState.completed_with_failures, JobState.failed, JobState.cancelled}
+)
 OPEN_STATES = frozenset({JobState.queued, JobState.running})
 
 
