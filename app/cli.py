@@ -152,7 +152,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 @subcommand
 def _worker(commands: Subcommands) -> None:
-    from app.jobs.celery_app import DEFAULT_LEASE_S, DEFAULT_QUEUE, DEFAULT_VISIBILITY_TIMEOUT_S
+    from app.jobs.celery_app import DEFAULT_LEASE_S, DEFAULT_QUEUE
 
     p = commands.add_parser(
         "worker",
@@ -165,8 +165,9 @@ def _worker(commands: Subcommands) -> None:
     p.add_argument(
         "--visibility-timeout",
         type=float,
-        default=DEFAULT_VISIBILITY_TIMEOUT_S,
-        help="seconds before an unacknowledged chunk (of a dead worker) is delivered again",
+        default=None,
+        help="seconds before an unacknowledged chunk (of a dead worker) is delivered again (default: "
+        "the lease + 8 dies x 30 s)",
     )
     p.add_argument(
         "--lease-s",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import Counter
 
-from app.jobs.base import DEFAULT_CHUNK_DIES, JobRunner
+from app.jobs.base import DEFAULT_CHUNK_DIES, DEFAULT_SUPERVISE_S, JobRunner
 from app.services import jobs as jobs_service
 from app.services.jobs import ExecutionContext
 
@@ -34,8 +35,16 @@ class LocalRunner(JobRunner):
         workers: int = 2,
         chunk_dies: int = DEFAULT_CHUNK_DIES,
         resume_on_start: bool = True,
+        supervise_s: float | None = DEFAULT_SUPERVISE_S,
+        quiet_s: float | None = None,
     ) -> None:
-        super().__init__(chunk_dies)
+        super().__init__(
+            chunk_dies,
+            factory=context.factory,
+            lease_s=context.lease_s,
+            supervise_s=supervise_s,
+            quiet_s=quiet_s,
+        )
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.context = context
@@ -47,6 +56,7 @@ class LocalRunner(JobRunner):
         self._stopping = threading.Event()
         self._idle = threading.Condition()
         self._outstanding = 0
+        self._per_job: Counter[int] = Counter()  # chunks queued, running or waiting for a retry
 
     # ---- lifecycle
     def start(self) -> None:
@@ -62,8 +72,10 @@ class LocalRunner(JobRunner):
             resumed = self.resume()
             if resumed:
                 log.info("resumed unfinished jobs %s", resumed)
+        self.start_supervisor()
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        self.stop_supervisor()
         self._stopping.set()
         for timer in list(self._timers):
             timer.cancel()
@@ -80,21 +92,23 @@ class LocalRunner(JobRunner):
             return self._idle.wait_for(lambda: self._outstanding == 0, timeout=timeout_s)
 
     # ---- JobRunner
-    def _open_die_ids(self, job_id: int) -> list[int]:
-        return jobs_service.open_die_ids(self.context.factory, job_id)
-
-    def _open_job_ids(self) -> list[int]:
-        return jobs_service.open_job_ids(self.context.factory)
-
     def _send(self, job_id: int, die_ids: list[int]) -> None:
         with self._idle:
             self._outstanding += 1
+            self._per_job[job_id] += 1
         self._queue.put((job_id, die_ids))
 
+    def _holds(self, job_id: int) -> bool:
+        with self._idle:
+            return self._per_job[job_id] > 0
+
     # ---- internals
-    def _done_one(self) -> None:
+    def _done_one(self, job_id: int) -> None:
         with self._idle:
             self._outstanding -= 1
+            self._per_job[job_id] -= 1
+            if self._per_job[job_id] <= 0:
+                del self._per_job[job_id]
             if self._outstanding == 0:
                 self._idle.notify_all()
 
@@ -104,7 +118,7 @@ class LocalRunner(JobRunner):
         def fire() -> None:
             self._timers.discard(timer)
             if self._stopping.is_set():
-                self._done_one()
+                self._done_one(job_id)
             else:
                 self._queue.put((job_id, die_ids))
 
@@ -120,7 +134,7 @@ class LocalRunner(JobRunner):
                 return
             job_id, die_ids = item
             if self._stopping.is_set():
-                self._done_one()
+                self._done_one(job_id)
                 continue
             retry: tuple[float, list[int]] | None = None
             try:
@@ -135,4 +149,4 @@ class LocalRunner(JobRunner):
             if retry is not None and not self._stopping.is_set():
                 self._later(retry[0], job_id, retry[1])
             else:
-                self._done_one()
+                self._done_one(job_id)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
 from app.db.session import session_scope
-from app.db.tables import Image, Job, JobItem, JobState, Signature, TestResult
+from app.db.tables import AuditEvent, Image, Job, JobItem, JobState, Signature, TestResult
 from app.errors import ConflictError, InvalidInputError, NotFoundError
 from app.jobs.runner import LocalRunner
 from app.services import jobs
@@ -445,3 +445,56 @@ def test_after_a_crash_the_restarted_runner_waits_out_the_lease_then_finishes_th
     assert time.monotonic() - t0 >= 0.5
     assert job_state(session_factory, job_id) == JobState.succeeded
     assert set(per_die(session_factory, Signature).values()) == {1} and len(h.log.calls) == 3 * len(lot_ecids)
+
+
+def test_the_supervisor_runs_a_job_nobody_sent_and_only_once(
+    session_factory: Factory, lot_ecids: list[str], make_context: Callable[..., Harness]
+) -> None:
+    """A job whose chunks were never handed to the runner (the send after the POST failed, or another
+    process created it) is found by the supervisor once it shows no activity, and run exactly once."""
+    h = make_context(lease_s=1.0)
+    runner = LocalRunner(h.context, workers=2, chunk_dies=4, supervise_s=0.1)
+    runner.start()  # nothing to resume yet
+    try:
+        job_id = create_job(session_factory)  # committed, never submitted
+        t0 = time.monotonic()
+        deadline = t0 + 30
+        while job_state(session_factory, job_id) != JobState.succeeded and time.monotonic() < deadline:
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        assert runner.wait_idle(timeout_s=30)
+        time.sleep(1.0)  # a few more supervisor rounds: a finished job is never sent again
+    finally:
+        runner.stop()
+    assert job_state(session_factory, job_id) == JobState.succeeded
+    assert 0.5 <= took < 10  # after the quiet time (half a lease), within a few rounds
+    assert len(h.log.calls) == 3 * len(lot_ecids) and set(h.log.calls.values()) == {1}
+    with session_scope(session_factory) as s:
+        resends = s.execute(
+            select(AuditEvent.actor, AuditEvent.details).where(
+                AuditEvent.action == "job.resend", AuditEvent.target == f"job:{job_id}"
+            )
+        ).all()
+    assert resends == [("supervisor", {"dies": len(lot_ecids), "runner": "local"})]
+
+
+def test_the_supervisor_leaves_a_job_alone_while_the_runner_holds_its_chunks(
+    session_factory: Factory, lot_ecids: list[str], make_context: Callable[..., Harness]
+) -> None:
+    """One worker: the second job's chunk waits in the runner's queue with no claim and no activity
+    while the first job runs; it is not stalled, so it is not sent again."""
+    h = make_context(lease_s=0.4, delay_s=0.03)
+    runner = LocalRunner(h.context, workers=1, chunk_dies=12, supervise_s=0.05, quiet_s=0.01)
+    runner.start()
+    try:
+        first = create_job(session_factory)
+        second = create_job(session_factory, ("compensate",), model="kws@2")
+        runner.submit(first)
+        runner.submit(second)
+        assert runner.wait_idle(timeout_s=60)
+    finally:
+        runner.stop()
+    assert job_state(session_factory, first) == job_state(session_factory, second) == JobState.succeeded
+    assert sum(h.log.calls.values()) == 4 * len(lot_ecids)  # nothing ran twice
+    with session_scope(session_factory) as s:
+        assert s.scalar(select(func.count()).where(AuditEvent.action == "job.resend")) == 0

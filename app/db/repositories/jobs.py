@@ -64,6 +64,22 @@ def open_job_ids(session: Session, *, state: str | None = None) -> list[int]:
     return list(session.scalars(select(Job.id).where(Job.state.in_(states)).order_by(Job.id)))
 
 
+def stalled_job_ids(session: Session, *, live_after: datetime, quiet_before: datetime) -> list[int]:
+    """Open jobs nobody works on: created before ``quiet_before``, no item claimed, attempted,
+    finished or heartbeating since then, and no item running under a claim whose heartbeat is newer
+    than ``live_after`` (a live worker). Oldest first."""
+    live = exists().where(
+        JobItem.job_id == Job.id, JobItem.state == JobState.running, JobItem.heartbeat_at >= live_after
+    )
+    recent = exists().where(JobItem.job_id == Job.id, JobItem.updated_at >= quiet_before)
+    stmt = (
+        select(Job.id)
+        .where(Job.state.in_(OPEN_STATES), Job.created_at < quiet_before, ~live, ~recent)
+        .order_by(Job.id)
+    )
+    return list(session.scalars(stmt))
+
+
 def mark_started(session: Session, job_id: int, now: datetime) -> bool:
     """queued -> running (once)."""
     done = session.execute(

@@ -53,6 +53,8 @@ from app.services.jobs.queries import (
     list_jobs,
     open_die_ids,
     open_job_ids,
+    record_resend,
+    stalled_job_ids,
 )
 
 __all__ = [
@@ -84,5 +86,7 @@ __all__ = [
     "ordered_steps",
     "parse_model_ref",
     "process_chunk",
+    "record_resend",
+    "stalled_job_ids",
     "worker_id",
 ]

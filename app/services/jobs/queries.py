@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -222,6 +222,29 @@ def open_job_ids(factory: sessionmaker[Session], *, state: str | None = None) ->
 def open_die_ids(factory: sessionmaker[Session], job_id: int) -> list[int]:
     with session_scope(factory) as s:
         return repo.open_die_ids(s, job_id)
+
+
+def stalled_job_ids(factory: sessionmaker[Session], *, lease_s: float, quiet_s: float) -> list[int]:
+    """Queued or running jobs with no live claim (no heartbeat within ``lease_s``) and no item
+    activity for ``quiet_s``: whatever was meant to run them (a broker message, an in-memory chunk) is
+    gone. Sending their open dies again is safe: the claims keep it exactly-once."""
+    now = utcnow()
+    with session_scope(factory) as s:
+        return repo.stalled_job_ids(
+            s, live_after=now - timedelta(seconds=lease_s), quiet_before=now - timedelta(seconds=quiet_s)
+        )
+
+
+def record_resend(factory: sessionmaker[Session], job_id: int, *, dies: int, runner: str) -> None:
+    """Audit what the supervisor did: a stalled job's open dies were sent again."""
+    with session_scope(factory) as s:
+        audit.add(
+            s,
+            actor="supervisor",
+            action="job.resend",
+            target=f"job:{job_id}",
+            details={"dies": dies, "runner": runner},
+        )
 
 
 def chunks(ids: Sequence[int], size: int) -> list[list[int]]:
