@@ -26,7 +26,6 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_shutdown
-from kombu.exceptions import ChannelError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -234,10 +233,9 @@ class CeleryRunner(JobRunner):
         with self.app.connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=5)
             with conn.channel() as channel:
-                try:
-                    return int(channel.queue_declare(queue=self.queue, passive=True).message_count)
-                except ChannelError:  # Redis drops an empty list: no queue is an empty queue
-                    return 0
+                # Declared as Celery declares it (a passive declare misses prefixed queues on Redis).
+                ok = channel.queue_declare(queue=self.queue, durable=True, auto_delete=False)
+                return int(ok.message_count)
 
     def _may_resend(self) -> bool:
         # Chunks still in the queue will reach a worker (or none is running: more would not help).
