@@ -146,6 +146,7 @@ def run(options: DemoOptions, steps: StepsFactory = calibration_steps) -> DemoRe
             ExecutionContext(factory, steps(factory, settings)),
             workers=workers,
             resume_on_start=False,
+            supervise_s=None,  # the demo runs its own job, never another process's stalled one
         )
         t_job = time.perf_counter()
         runner.start()
