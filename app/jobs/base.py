@@ -91,14 +91,16 @@ class JobRunner(ABC):
         for job_id in stalled:
             if self._holds(job_id):
                 continue
-            n = len(self._open_die_ids(job_id))
-            self.submit(job_id)
-            jobs_service.record_resend(self.factory, job_id, dies=n, runner=self.name)
+            die_ids = self._open_die_ids(job_id)  # read after _holds: a chunk may just have ended
+            if not die_ids:
+                continue
+            self._submit_dies(job_id, die_ids)
+            jobs_service.record_resend(self.factory, job_id, dies=len(die_ids), runner=self.name)
             log.warning(
-                "job %d: stalled (no live claim, no activity for %.0f s); re-sent %d dies",
+                "job %d: stalled (no live claim, no activity for %.1f s); re-sent %d dies",
                 job_id,
                 self.quiet_s,
-                n,
+                len(die_ids),
             )
             resent.append(job_id)
         return resent
@@ -128,7 +130,10 @@ class JobRunner(ABC):
 
     def submit(self, job_id: int) -> int:
         """Hand out the job's open dies in chunks; returns the number of chunks."""
-        parts = jobs_service.chunks(self._open_die_ids(job_id), self.chunk_dies)
+        return self._submit_dies(job_id, self._open_die_ids(job_id))
+
+    def _submit_dies(self, job_id: int, die_ids: list[int]) -> int:
+        parts = jobs_service.chunks(die_ids, self.chunk_dies)
         for part in parts:
             self._send(job_id, part)
         log.info("job %d: %d chunks submitted to the %s runner", job_id, len(parts), self.name)

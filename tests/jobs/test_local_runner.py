@@ -484,13 +484,15 @@ def test_the_supervisor_leaves_a_job_alone_while_the_runner_holds_its_chunks(
     """One worker: the second job's chunk waits in the runner's queue with no claim and no activity
     while the first job runs; it is not stalled, so it is not sent again."""
     h = make_context(lease_s=0.4, delay_s=0.03)
-    runner = LocalRunner(h.context, workers=1, chunk_dies=12, supervise_s=0.05, quiet_s=0.01)
+    runner = LocalRunner(
+        h.context, workers=1, chunk_dies=12, supervise_s=0.05, quiet_s=0.01, resume_on_start=False
+    )
+    first = create_job(session_factory)
+    second = create_job(session_factory, ("compensate",), model="kws@2")
+    runner.submit(first)  # queued before the threads and the supervisor start
+    runner.submit(second)
     runner.start()
     try:
-        first = create_job(session_factory)
-        second = create_job(session_factory, ("compensate",), model="kws@2")
-        runner.submit(first)
-        runner.submit(second)
         assert runner.wait_idle(timeout_s=60)
     finally:
         runner.stop()
