@@ -144,7 +144,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         queue=args.queue,
         key_prefix=args.key_prefix,
         visibility_timeout_s=args.visibility_timeout,
-        lease_s=args.lease_s,
+        lease_s=args.lease_s if args.lease_s is not None else get_settings().job_lease_s,
         steps=args.steps,
         loglevel=args.log_level,
     )
@@ -152,7 +152,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 @subcommand
 def _worker(commands: Subcommands) -> None:
-    from app.jobs.celery_app import DEFAULT_LEASE_S, DEFAULT_QUEUE
+    from app.jobs.celery_app import DEFAULT_QUEUE
 
     p = commands.add_parser(
         "worker",
@@ -172,8 +172,8 @@ def _worker(commands: Subcommands) -> None:
     p.add_argument(
         "--lease-s",
         type=float,
-        default=DEFAULT_LEASE_S,
-        help="seconds without a heartbeat before a die is reclaimed",
+        default=None,
+        help="seconds without a heartbeat before a die is reclaimed (default: CIMCAL_JOB_LEASE_S, 60)",
     )
     p.add_argument(
         "--steps", default=None, help=argparse.SUPPRESS

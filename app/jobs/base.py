@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -53,6 +54,7 @@ class JobRunner(ABC):
         self.lease_s = lease_s
         self.supervise_s = supervise_s
         self.quiet_s = lease_s / 2 if quiet_s is None else quiet_s
+        self._resent_at: dict[int, float] = {}  # job id -> time.monotonic() of the last re-send
         self._supervisor: threading.Thread | None = None
         self._supervisor_stop = threading.Event()
 
@@ -88,13 +90,18 @@ class JobRunner(ABC):
             return []
         stalled = jobs_service.stalled_job_ids(self.factory, lease_s=self.lease_s, quiet_s=self.quiet_s)
         resent = []
+        now = time.monotonic()
+        # A re-sent chunk needs time to reach a worker that may still be starting: one lease + quiet.
+        grace_s = self.lease_s + self.quiet_s
+        self._resent_at = {j: t for j, t in self._resent_at.items() if j in stalled and now - t < grace_s}
         for job_id in stalled:
-            if self._holds(job_id):
+            if job_id in self._resent_at or self._holds(job_id):
                 continue
             die_ids = self._open_die_ids(job_id)  # read after _holds: a chunk may just have ended
             if not die_ids:
                 continue
             self._submit_dies(job_id, die_ids)
+            self._resent_at[job_id] = now
             jobs_service.record_resend(self.factory, job_id, dies=len(die_ids), runner=self.name)
             log.warning(
                 "job %d: stalled (no live claim, no activity for %.1f s); re-sent %d dies",

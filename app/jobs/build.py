@@ -32,12 +32,20 @@ def build_runner(
     use cases on ``pool``, ``runtimes`` and ``store``, the service's own when it passes them) on
     ``workers`` threads (default: one per test site, ``CIMCAL_TEST_SITES``)."""
     if settings.job_runner == "celery":
-        from app.jobs.celery_app import CeleryRunner, make_celery
+        from app.jobs.celery_app import CeleryRunner, derive_visibility_timeout, make_celery
 
-        return CeleryRunner(make_celery(settings.broker_url), factory, resend_on_start=resume_on_start)
+        return CeleryRunner(
+            make_celery(
+                settings.broker_url, visibility_timeout_s=derive_visibility_timeout(settings.job_lease_s)
+            ),
+            factory,
+            resend_on_start=resume_on_start,
+            lease_s=settings.job_lease_s,
+        )
     if steps is None:
         from app.jobs.steps import calibration_steps
 
         steps = calibration_steps(factory, settings, pool=pool, runtimes=runtimes, store=store)
     n = workers if workers is not None else settings.test_sites
-    return LocalRunner(ExecutionContext(factory, steps), workers=n, resume_on_start=resume_on_start)
+    context = ExecutionContext(factory, steps, lease_s=settings.job_lease_s)
+    return LocalRunner(context, workers=n, resume_on_start=resume_on_start)

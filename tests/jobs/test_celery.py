@@ -23,6 +23,8 @@ from pathlib import Path
 import kombu.exceptions
 import pytest
 import redis
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,8 +33,10 @@ from app.db.repositories.jobs import lot_dies
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.db.tables import AuditEvent, Base, Image, JobItem, JobState, Signature, TestResult
 from app.jobs.celery_app import CeleryRunner, make_celery
-from app.services import jobs
+from app.main import create_app
+from app.services import auth, jobs
 from app.services.jobs import STEP_ORDER, RetryPolicy
+from tests.conftest import _test_settings
 from tests.jobs.conftest import LOT, add_models, register_lot
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
@@ -84,7 +88,10 @@ def start_worker(
         concurrency: int = 2,
         broker_url: str = BROKER_URL,
         visibility_timeout_s: float = VISIBILITY_TIMEOUT_S,
+        own_queue: bool = True,
     ) -> subprocess.Popen[bytes]:
+        """``own_queue=False``: the default queue and no key prefix (what the API sends to; only on
+        a private Redis)."""
         env = {
             **os.environ,
             "CIMCAL_DATABASE_URL": postgres_url,
@@ -94,7 +101,8 @@ def start_worker(
             "PYTHONPATH": str(ROOT),
         }
         log = (tmp_path / f"worker-{len(procs)}.log").open("wb")
-        cmd = [sys.executable, "-m", "app.cli", "worker", "--queue", queue, "--key-prefix", prefix]
+        cmd = [sys.executable, "-m", "app.cli", "worker"]
+        cmd += ["--queue", queue, "--key-prefix", prefix] if own_queue else []
         cmd += ["--visibility-timeout", str(visibility_timeout_s), "--lease-s", str(LEASE_S)]
         cmd += ["--concurrency", str(concurrency), "--steps", "tests.jobs.fake_steps:build"]
         cmd += ["--log-level", "warning"]
@@ -366,4 +374,51 @@ def test_a_job_posted_while_redis_is_down_runs_once_redis_is_back(
     print(f"posted while redis was down: job finished {recovery_s:.1f} s after Redis was back")
     assert recovery_s < RECOVERY_LIMIT_S
     assert per_die_counts(pg_factory) == ONCE_EACH
-    assert resends(pg_factory, job_id) == 1
+    assert resends(pg_factory, job_id) >= 1
+
+
+def test_a_job_posted_to_the_api_while_redis_is_down_runs_once_redis_is_back(
+    postgres_url: str,
+    pg_factory: sessionmaker[Session],
+    start_worker: Callable[..., subprocess.Popen[bytes]],
+    private_redis: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """The real API (``CIMCAL_JOB_RUNNER=celery``): the POST answers 202 although its background send
+    fails; the API's supervisor sends the job once Redis is back."""
+    url = private_redis("start")
+    register_lot(pg_factory)
+    add_models(pg_factory)
+    key = auth.generate_key()
+    settings = _test_settings(postgres_url, tmp_path).model_copy(
+        update={
+            "job_runner": "celery",
+            "broker_url": url,
+            "job_lease_s": LEASE_S,
+            "bootstrap_admin_key": SecretStr(key),
+        }
+    )
+    # As a server does, the client gets its 202 whatever the background send meets afterwards.
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        private_redis("kill")
+        r = client.post(
+            f"/v1/lots/{LOT}/calibrate",
+            json={"model": "kws@1", "steps": list(STEP_ORDER)},
+            headers={"X-API-Key": key},
+        )
+        assert r.status_code == 202, r.text
+        job_id = int(r.json()["id"])
+        time.sleep(2.0)  # the background send failed; the supervisor finds the broker away
+        assert job_state(pg_factory, job_id) == JobState.queued and resends(pg_factory, job_id) == 0
+        private_redis("start")
+        start_worker(broker_url=url, own_queue=False)  # the service is whole again
+        t0 = time.monotonic()
+        wait_for(lambda: job_state(pg_factory, job_id) == JobState.succeeded, 90, "the job to succeed")
+        recovery_s = time.monotonic() - t0
+        r = client.get(f"/v1/jobs/{job_id}", headers={"X-API-Key": key})
+    print(f"POST while redis was down: job finished {recovery_s:.1f} s after Redis was back")
+    assert recovery_s < RECOVERY_LIMIT_S
+    assert per_die_counts(pg_factory) == ONCE_EACH
+    # Once, or again while the worker was still starting (a duplicate finds claimed dies).
+    assert resends(pg_factory, job_id) >= 1
+    assert r.json()["state"] == "succeeded" and r.json()["counters"]["dies_succeeded"] == 12
