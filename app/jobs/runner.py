@@ -21,8 +21,9 @@ __all__ = ["DB_RETRY_S", "DEFAULT_CHUNK_DIES", "JobRunner", "LocalRunner"]
 class LocalRunner(JobRunner):
     """A pool of ``workers`` threads in this process, fed from an in-memory queue of chunks.
 
-    The queue is only a hint: on start the runner resumes unfinished jobs from the database, and a
-    die another (possibly dead) worker holds is retried after the lease. Threads suit the station:
+    The queue is only a hint: on start the runner resumes unfinished jobs from the database, a die
+    another (possibly dead) worker holds is retried after the lease, and the supervisor runs an open
+    job that nothing works on and that is not in this queue (e.g. its submit failed). Threads suit the station:
     each thread drives one test site, and the numerics release the GIL for most of their time.
     """
 
