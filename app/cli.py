@@ -145,7 +145,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         queue=args.queue,
         key_prefix=args.key_prefix,
         visibility_timeout_s=args.visibility_timeout,
-        lease_s=args.lease_s,
+        lease_s=args.lease_s if args.lease_s is not None else get_settings().job_lease_s,
         steps=args.steps,
         loglevel=args.log_level,
     )
@@ -153,7 +153,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 @subcommand
 def _worker(commands: Subcommands) -> None:
-    from app.jobs.celery_app import DEFAULT_LEASE_S, DEFAULT_QUEUE, DEFAULT_VISIBILITY_TIMEOUT_S
+    from app.jobs.celery_app import DEFAULT_QUEUE
 
     p = commands.add_parser(
         "worker",
@@ -166,14 +166,15 @@ def _worker(commands: Subcommands) -> None:
     p.add_argument(
         "--visibility-timeout",
         type=float,
-        default=DEFAULT_VISIBILITY_TIMEOUT_S,
-        help="seconds before an unacknowledged chunk (of a dead worker) is delivered again",
+        default=None,
+        help="seconds before an unacknowledged chunk (of a dead worker) is delivered again (default: "
+        "the lease + 8 dies x 30 s)",
     )
     p.add_argument(
         "--lease-s",
         type=float,
-        default=DEFAULT_LEASE_S,
-        help="seconds without a heartbeat before a die is reclaimed",
+        default=None,
+        help="seconds without a heartbeat before a die is reclaimed (default: CIMCAL_JOB_LEASE_S, 60)",
     )
     p.add_argument(
         "--steps", default=None, help=argparse.SUPPRESS
@@ -184,7 +185,8 @@ def _worker(commands: Subcommands) -> None:
 
 # ------------------------------------------------------------------------------------------------- jobs
 def _run_jobs_resume(args: argparse.Namespace) -> int:
-    from app.jobs.runner import LocalRunner, build_runner
+    from app.jobs.build import build_runner
+    from app.jobs.runner import LocalRunner
 
     settings = get_settings()
     engine = make_engine(settings.database_url)

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
 
     job_runner: Literal["local", "celery"] = "local"
     broker_url: str = "redis://127.0.0.1:6379/0"
+    # Seconds without a heartbeat before a die a worker held is claimed again. The job workers use it
+    # (the local runner; `cimcal worker --lease-s` defaults to it), and so does the API's job
+    # supervisor to tell a live claim from a dead one: set it alike on both sides.
+    job_lease_s: float = Field(60.0, ge=0.5, le=3600.0)
 
     auth_enabled: bool = True
     # When set, this key is registered as an admin key at start-up (first deployment, CI).

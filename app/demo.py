@@ -146,6 +146,7 @@ def run(options: DemoOptions, steps: StepsFactory = calibration_steps) -> DemoRe
             ExecutionContext(factory, steps(factory, settings)),
             workers=workers,
             resume_on_start=False,
+            supervise_s=None,  # the demo runs its own job, never another process's stalled one
         )
         t_job = time.perf_counter()
         runner.start()
@@ -249,4 +250,5 @@ def summary(r: DemoResult) -> str:
 def run_demo(options: DemoOptions) -> int:
     result = run(options)
     print(summary(result), file=options.out)
-    return 0 if result.progress.job.state == "succeeded" else 1
+    # Dies that fail a step get their bins: that is a lot's normal outcome, not the demo's failure.
+    return 0 if result.progress.job.state in ("succeeded", "completed_with_failures") else 1

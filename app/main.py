@@ -21,7 +21,7 @@ from app.db import migrate
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.db.tables import Role
 from app.errors import AppError, hardware_error_details, hardware_error_status
-from app.jobs.runner import build_runner
+from app.jobs.build import build_runner
 from app.services import auth, datasets, models
 from app.services.hardware import DriverPool
 from app.services.images import ImageStore

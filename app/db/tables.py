@@ -18,6 +18,7 @@ Key columns at a glance:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -38,15 +39,30 @@ class Role(StrEnum):
 
 
 class JobState(StrEnum):
+    """States of a job and of its items. A job ends ``succeeded`` (every item succeeded),
+    ``completed_with_failures`` (some dies failed a step), ``failed`` (every die failed a step) or
+    ``cancelled``; an item ends ``succeeded``, ``failed`` or ``cancelled`` (never
+    ``completed_with_failures``: see :data:`ITEM_STATES`)."""
+
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
+    completed_with_failures = "completed_with_failures"
     failed = "failed"
     cancelled = "cancelled"
 
 
-def _in(column: str, enum: type[StrEnum]) -> str:
-    return f"{column} IN ({', '.join(repr(m.value) for m in enum)})"
+ITEM_STATES: tuple[JobState, ...] = (
+    JobState.queued,
+    JobState.running,
+    JobState.succeeded,
+    JobState.failed,
+    JobState.cancelled,
+)
+
+
+def _in(column: str, values: Iterable[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(m.value) for m in values)})"
 
 
 class Lot(Base):
@@ -295,7 +311,7 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
-    state: Mapped[str] = mapped_column(String(16), default=JobState.queued, index=True)
+    state: Mapped[str] = mapped_column(String(32), default=JobState.queued, index=True)
     lot_id: Mapped[str | None] = mapped_column(String(32), index=True)
     params: Mapped[dict[str, Any]]
     counters: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -316,7 +332,7 @@ class JobItem(Base):
     __tablename__ = "job_item"
     __table_args__ = (
         UniqueConstraint("job_id", "die_id", "step"),
-        CheckConstraint(_in("state", JobState), name="state_valid"),
+        CheckConstraint(_in("state", ITEM_STATES), name="state_valid"),
         Index("ix_job_item_job_id_state", "job_id", "state"),
     )
 

@@ -9,11 +9,12 @@ effectively exactly-once:
 * ``worker_prefetch_multiplier = 1``: a worker reserves one chunk per slot, no more;
 * Redis has no real acknowledgements: kombu keeps unacknowledged messages aside and puts them back
   once they are older than the **visibility timeout**. It must exceed the longest a message stays
-  unacknowledged (waiting in the worker's reservation + running its chunk + a busy-die retry
-  countdown of one lease); shorter means a healthy chunk is delivered twice (harmless, but the
-  second delivery only finds claimed dies), longer means a dead worker's chunk waits longer.
-  ``DEFAULT_VISIBILITY_TIMEOUT_S`` (10 min) covers chunks of :data:`~app.jobs.runner.DEFAULT_CHUNK_DIES`
-  dies at seconds per die with a wide margin.
+  unacknowledged: its chunk's run, and a busy-die retry's countdown of one lease (a countdown message
+  is held unacknowledged by a worker until it is due; one held longer than the timeout is delivered
+  again, and again). :func:`derive_visibility_timeout` derives it from the lease and the chunk size
+  (lease + chunk dies x :data:`DIE_BUDGET_S`: 300 s for the defaults, instead of Celery's 600 s). A
+  dead worker's chunk does not wait for it: the supervisor (:mod:`app.jobs.base`, run by the sender,
+  i.e. the API process) re-sends a job that has no live claim once the broker's queue is empty.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_shutdown
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings, get_settings
 from app.db import migrate
 from app.db.session import make_engine, make_session_factory
-from app.jobs.runner import DEFAULT_CHUNK_DIES, JobRunner
+from app.jobs.base import DEFAULT_CHUNK_DIES, DEFAULT_LEASE_S, DEFAULT_SUPERVISE_S, JobRunner
 from app.services import jobs as jobs_service
 from app.services.jobs import ExecutionContext, StepFunctions
 
@@ -38,9 +40,21 @@ log = logging.getLogger(__name__)
 
 TASK_NAME = "cimcal.jobs.process_chunk"
 DEFAULT_QUEUE = "cimcal.jobs"
-DEFAULT_VISIBILITY_TIMEOUT_S = 600
-DEFAULT_LEASE_S = 60.0
 DB_RETRY_S = 10
+# The longest one die's steps are expected to take: ~10 s for all three on a busy 2-core station
+# (docs/jobs.md, Throughput), with a 3x margin.
+DIE_BUDGET_S = 30.0
+
+
+def derive_visibility_timeout(
+    lease_s: float = DEFAULT_LEASE_S, chunk_dies: int = DEFAULT_CHUNK_DIES
+) -> float:
+    """Seconds an unacknowledged message may stay with a worker: a busy retry's countdown (one lease)
+    plus the run of a chunk of ``chunk_dies`` dies at :data:`DIE_BUDGET_S` each."""
+    return lease_s + chunk_dies * DIE_BUDGET_S
+
+
+DEFAULT_VISIBILITY_TIMEOUT_S = derive_visibility_timeout()
 
 
 def make_celery(
@@ -141,12 +155,15 @@ def run_worker(
     pool: str = "threads",
     queue: str = DEFAULT_QUEUE,
     key_prefix: str | None = None,
-    visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
+    visibility_timeout_s: float | None = None,
     lease_s: float = DEFAULT_LEASE_S,
     steps: str | None = None,
     loglevel: str = "info",
 ) -> int:
-    """Run a worker in this process until it is stopped (``cimcal worker``)."""
+    """Run a worker in this process until it is stopped (``cimcal worker``); the visibility timeout
+    defaults to :func:`derive_visibility_timeout` of the lease."""
+    if visibility_timeout_s is None:
+        visibility_timeout_s = derive_visibility_timeout(lease_s)
     global celery_app
     celery_app = make_celery(
         get_settings().broker_url,
@@ -172,34 +189,61 @@ def run_worker(
 # ---------------------------------------------------------------------------------- sender side
 class CeleryRunner(JobRunner):
     """Sends chunks to the Celery queue; workers anywhere process them. Reading open dies needs the
-    database (``factory``); nothing runs in this process."""
+    database (``factory``); nothing runs in this process but the supervisor, which re-sends stalled
+    jobs once the broker's queue is empty (``lease_s``: the workers' lease)."""
 
     name = "celery"
 
     def __init__(
-        self, app: Celery, factory: Any, *, chunk_dies: int = DEFAULT_CHUNK_DIES, resend_on_start: bool = True
+        self,
+        app: Celery,
+        factory: sessionmaker[Session],
+        *,
+        chunk_dies: int = DEFAULT_CHUNK_DIES,
+        resend_on_start: bool = True,
+        lease_s: float = DEFAULT_LEASE_S,
+        supervise_s: float | None = DEFAULT_SUPERVISE_S,
+        quiet_s: float | None = None,
     ) -> None:
-        super().__init__(chunk_dies)
+        super().__init__(
+            chunk_dies, factory=factory, lease_s=lease_s, supervise_s=supervise_s, quiet_s=quiet_s
+        )
+        self.factory: sessionmaker[Session] = factory
         self.app = app
-        self.factory = factory
+        self.queue = str(app.conf.task_default_queue)
         self.resend_on_start = resend_on_start
 
     def start(self) -> None:
         # A job committed just before the API process died may never have been sent: send the
         # never-started ones again (a duplicate chunk only finds claimed dies).
-        if not self.resend_on_start:
-            return
+        if self.resend_on_start:
+            try:
+                for job_id in jobs_service.open_job_ids(self.factory, state="queued"):
+                    self.submit(job_id)
+            except Exception:  # the broker is down: serve anyway; the supervisor sends them later
+                log.warning("could not re-send queued jobs to the broker", exc_info=True)
+        self.start_supervisor()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.stop_supervisor()
+
+    def backlog(self) -> int:
+        """Messages waiting in the broker's queue (not those workers hold); raises when the broker
+        is unreachable."""
+        with self.app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=5)
+            with conn.channel() as channel:
+                # Declared as Celery declares it (a passive declare misses prefixed queues on Redis).
+                ok = channel.queue_declare(queue=self.queue, durable=True, auto_delete=False)
+                return int(ok.message_count)
+
+    def _may_resend(self) -> bool:
+        # Chunks still in the queue will reach a worker (or none is running: more would not help).
         try:
-            for job_id in jobs_service.open_job_ids(self.factory, state="queued"):
-                self.submit(job_id)
-        except Exception:  # the broker is down: serve anyway; `cimcal jobs resume` sends them later
-            log.warning("could not re-send queued jobs to the broker", exc_info=True)
-
-    def _open_die_ids(self, job_id: int) -> list[int]:
-        return jobs_service.open_die_ids(self.factory, job_id)
-
-    def _open_job_ids(self) -> list[int]:
-        return jobs_service.open_job_ids(self.factory)
+            return self.backlog() == 0
+        except Exception as e:
+            log.warning("job supervisor: broker unreachable (%s); trying again later", e)
+            return False
 
     def _send(self, job_id: int, die_ids: list[int]) -> None:
         self.app.send_task(TASK_NAME, args=[job_id, die_ids])

@@ -1,83 +1,29 @@
-"""The runner interface and the in-process runner.
-
-``submit(job_id)`` reads the job's open dies from the database and hands them out in chunks;
-``resume()`` submits every unfinished job (what the local runner does when the service starts).
-Neither keeps state that the database does not also hold: a lost chunk is found again by ``resume``.
-"""
+"""The in-process runner: a pool of threads fed from an in-memory queue of chunks."""
 
 from __future__ import annotations
 
 import logging
 import queue
 import threading
-from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from collections import Counter
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from app.config import Settings
+from app.jobs.base import DEFAULT_CHUNK_DIES, DEFAULT_SUPERVISE_S, JobRunner
 from app.services import jobs as jobs_service
-from app.services.jobs import ExecutionContext, StepFunctions
-
-if TYPE_CHECKING:
-    from app.services.hardware import DriverPool
-    from app.services.images import ImageStore
-    from app.services.runtime import ModelRuntimes
+from app.services.jobs import ExecutionContext
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_DIES = 8
 DB_RETRY_S = 5.0
 
-
-class JobRunner(ABC):
-    """Where job chunks run."""
-
-    name: str = "abstract"
-
-    def __init__(self, chunk_dies: int = DEFAULT_CHUNK_DIES) -> None:
-        if chunk_dies < 1:
-            raise ValueError("chunk_dies must be at least 1")
-        self.chunk_dies = chunk_dies
-
-    def start(self) -> None:  # noqa: B027 (optional hook)
-        """Start serving (and resume unfinished jobs where the runner owns the execution)."""
-
-    def stop(self, timeout_s: float = 30.0) -> None:  # noqa: B027 (optional hook)
-        """Stop taking work; dies in progress finish their current step."""
-
-    @abstractmethod
-    def _send(self, job_id: int, die_ids: list[int]) -> None: ...
-
-    @abstractmethod
-    def _open_die_ids(self, job_id: int) -> list[int]: ...
-
-    @abstractmethod
-    def _open_job_ids(self) -> list[int]: ...
-
-    def submit(self, job_id: int) -> int:
-        """Hand out the job's open dies in chunks; returns the number of chunks."""
-        parts = jobs_service.chunks(self._open_die_ids(job_id), self.chunk_dies)
-        for part in parts:
-            self._send(job_id, part)
-        log.info("job %d: %d chunks submitted to the %s runner", job_id, len(parts), self.name)
-        return len(parts)
-
-    def resume(self, job_ids: list[int] | None = None) -> list[int]:
-        """Submit every queued or running job (of ``job_ids``) again; a duplicate chunk is harmless:
-        it only finds claimed or finished dies."""
-        open_ids = self._open_job_ids()
-        chosen = open_ids if job_ids is None else [j for j in open_ids if j in set(job_ids)]
-        for job_id in chosen:
-            self.submit(job_id)
-        return chosen
+__all__ = ["DB_RETRY_S", "DEFAULT_CHUNK_DIES", "JobRunner", "LocalRunner"]
 
 
 class LocalRunner(JobRunner):
     """A pool of ``workers`` threads in this process, fed from an in-memory queue of chunks.
 
-    The queue is only a hint: on start the runner resumes unfinished jobs from the database, and a
-    die another (possibly dead) worker holds is retried after the lease. Threads suit the station:
+    The queue is only a hint: on start the runner resumes unfinished jobs from the database, a die
+    another (possibly dead) worker holds is retried after the lease, and the supervisor runs an open
+    job that nothing works on and that is not in this queue (e.g. its submit failed). Threads suit the station:
     each thread drives one test site, and the numerics release the GIL for most of their time.
     """
 
@@ -90,8 +36,16 @@ class LocalRunner(JobRunner):
         workers: int = 2,
         chunk_dies: int = DEFAULT_CHUNK_DIES,
         resume_on_start: bool = True,
+        supervise_s: float | None = DEFAULT_SUPERVISE_S,
+        quiet_s: float | None = None,
     ) -> None:
-        super().__init__(chunk_dies)
+        super().__init__(
+            chunk_dies,
+            factory=context.factory,
+            lease_s=context.lease_s,
+            supervise_s=supervise_s,
+            quiet_s=quiet_s,
+        )
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.context = context
@@ -103,6 +57,7 @@ class LocalRunner(JobRunner):
         self._stopping = threading.Event()
         self._idle = threading.Condition()
         self._outstanding = 0
+        self._per_job: Counter[int] = Counter()  # chunks queued, running or waiting for a retry
 
     # ---- lifecycle
     def start(self) -> None:
@@ -118,8 +73,10 @@ class LocalRunner(JobRunner):
             resumed = self.resume()
             if resumed:
                 log.info("resumed unfinished jobs %s", resumed)
+        self.start_supervisor()
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        self.stop_supervisor()
         self._stopping.set()
         for timer in list(self._timers):
             timer.cancel()
@@ -136,21 +93,23 @@ class LocalRunner(JobRunner):
             return self._idle.wait_for(lambda: self._outstanding == 0, timeout=timeout_s)
 
     # ---- JobRunner
-    def _open_die_ids(self, job_id: int) -> list[int]:
-        return jobs_service.open_die_ids(self.context.factory, job_id)
-
-    def _open_job_ids(self) -> list[int]:
-        return jobs_service.open_job_ids(self.context.factory)
-
     def _send(self, job_id: int, die_ids: list[int]) -> None:
         with self._idle:
             self._outstanding += 1
+            self._per_job[job_id] += 1
         self._queue.put((job_id, die_ids))
 
+    def _holds(self, job_id: int) -> bool:
+        with self._idle:
+            return self._per_job[job_id] > 0
+
     # ---- internals
-    def _done_one(self) -> None:
+    def _done_one(self, job_id: int) -> None:
         with self._idle:
             self._outstanding -= 1
+            self._per_job[job_id] -= 1
+            if self._per_job[job_id] <= 0:
+                del self._per_job[job_id]
             if self._outstanding == 0:
                 self._idle.notify_all()
 
@@ -160,7 +119,7 @@ class LocalRunner(JobRunner):
         def fire() -> None:
             self._timers.discard(timer)
             if self._stopping.is_set():
-                self._done_one()
+                self._done_one(job_id)
             else:
                 self._queue.put((job_id, die_ids))
 
@@ -176,7 +135,7 @@ class LocalRunner(JobRunner):
                 return
             job_id, die_ids = item
             if self._stopping.is_set():
-                self._done_one()
+                self._done_one(job_id)
                 continue
             retry: tuple[float, list[int]] | None = None
             try:
@@ -191,30 +150,4 @@ class LocalRunner(JobRunner):
             if retry is not None and not self._stopping.is_set():
                 self._later(retry[0], job_id, retry[1])
             else:
-                self._done_one()
-
-
-def build_runner(
-    settings: Settings,
-    factory: sessionmaker[Session],
-    steps: StepFunctions | None = None,
-    *,
-    workers: int | None = None,
-    resume_on_start: bool = True,
-    pool: DriverPool | None = None,
-    runtimes: ModelRuntimes | None = None,
-    store: ImageStore | None = None,
-) -> JobRunner:
-    """The runner ``settings.job_runner`` names. ``local`` runs ``steps`` (default: the calibration
-    use cases on ``pool``, ``runtimes`` and ``store``, the service's own when it passes them) on
-    ``workers`` threads (default: one per test site, ``CIMCAL_TEST_SITES``)."""
-    if settings.job_runner == "celery":
-        from app.jobs.celery_app import CeleryRunner, make_celery
-
-        return CeleryRunner(make_celery(settings.broker_url), factory, resend_on_start=resume_on_start)
-    if steps is None:
-        from app.jobs.steps import calibration_steps
-
-        steps = calibration_steps(factory, settings, pool=pool, runtimes=runtimes, store=store)
-    n = workers if workers is not None else settings.test_sites
-    return LocalRunner(ExecutionContext(factory, steps), workers=n, resume_on_start=resume_on_start)
+                self._done_one(job_id)

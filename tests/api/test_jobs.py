@@ -79,6 +79,8 @@ def test_calibrate_runs_the_lot_and_reports_progress(
         (step, n, n, n, 0) for step in ("characterize", "compensate", "functional-test")
     ]
     assert p["dies_per_s"] > 0 and p["started_at"] and p["finished_at"] and p["errors"] == []
+    assert p["counters"]["dies"] == p["counters"]["dies_succeeded"] == n and p["counters"]["dies_failed"] == 0
+    assert p["counters"]["attempts"] >= 3 * n
 
 
 def test_steps_run_in_order_whatever_order_they_are_given_in_and_dies_can_be_picked(

@@ -1,17 +1,27 @@
-"""``cimcal demo`` end to end on the light step functions (the real ones: ``python -m app.cli demo``)."""
+"""``cimcal demo``: the README's main command, through its command line with the real steps of
+:mod:`app.jobs.steps` on the simulated fleet and SQLite (a few dies), and :func:`app.demo.run` on the
+light step functions."""
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from app.cli import build_parser
 from app.db import migrate
-from app.db.session import make_engine, make_session_factory
+from app.db.repositories.jobs import lot_dies
+from app.db.session import make_engine, make_session_factory, session_scope
+from app.db.tables import Image, Job, JobItem, Signature, TestResult
 from app.demo import DemoOptions, run, summary, wafer_sites
+from app.services.jobs import in_sample
 from app.services.lots import circular_sites
+from tests.conftest import SHARED_CACHE_DIR
 from tests.jobs.conftest import add_models
 from tests.jobs.fake_steps import build
 
@@ -48,3 +58,80 @@ def test_demo_registers_calibrates_and_summarizes_a_lot(tmp_path: Path) -> None:
 def test_demo_command_line() -> None:
     args = build_parser().parse_args(["demo", "--wafers", "2", "--dies-per-wafer", "30", "--lot", "L1"])
     assert (args.wafers, args.dies_per_wafer, args.lot, args.functional_test_sample) == (2, 30, "L1", 1.0)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_cimcal_demo_runs_the_real_steps_on_the_simulated_fleet(tmp_path: Path) -> None:
+    """``python -m app.cli demo`` with its options on 4 dies: the real characterization,
+    compensation and functional test (with the smaller test settings of the suite: 24 clips)."""
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CIMCAL_IMAGE_STORE_DIR": str(tmp_path / "images"),
+        "CIMCAL_CACHE_DIR": str(SHARED_CACHE_DIR),
+        "CIMCAL_EVAL_CLIPS_PER_CLASS": "4",
+        "CIMCAL_FUNCTIONAL_TEST_CLIPS": "24",
+    }
+    env.pop("CIMCAL_DATABASE_URL", None)
+    cmd = [sys.executable, "-m", "app.cli", "demo", "--db", url, "--lot", "DEMOCI1", "--wafers", "2"]
+    cmd += [
+        "--dies-per-wafer",
+        "2",
+        "--model",
+        "kws-bnn@1",
+        "--workers",
+        "2",
+        "--functional-test-sample",
+        "0.6",
+    ]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+
+    engine = make_engine(url)
+    try:
+        with session_scope(make_session_factory(engine)) as s:
+            dies = lot_dies(s, "DEMOCI1")
+            job = s.scalars(select(Job)).one()
+            sampled = {d for d, ecid in dies if in_sample(ecid, 0.6)}
+            per_die = {
+                t.__tablename__: dict(s.execute(select(t.die_id, func.count()).group_by(t.die_id)).all())
+                for t in (Signature, Image)
+            }
+            # The functional test stores the die with its image and, to measure "before calibration",
+            # without (image_id NULL).
+            tested = s.execute(select(TestResult.die_id, TestResult.image_id.is_not(None))).all()
+            signatures = s.execute(select(Signature.tester_s, func.length(Signature.blob))).all()
+            attempts = s.scalars(select(JobItem.attempts).where(JobItem.job_id == job.id)).all()
+            accuracies = s.scalars(select(TestResult.accuracy)).all()
+    finally:
+        engine.dispose()
+    assert len(dies) == 4 and 0 < len(sampled) < 4  # the sample option picked some dies, not all
+    assert job.state == "succeeded" and job.params["model"] == "kws-bnn@1"
+    assert job.params["functional_test_sample"] == 0.6
+    assert per_die["signature"] == {d: 1 for d, _ in dies} and per_die["image"] == {d: 1 for d, _ in dies}
+    assert sorted(tested) == sorted((d, calibrated) for d in sampled for calibrated in (False, True))
+    # Measured signatures (~0.26 s of simulated tester time, ~290 kB), not the stand-ins' (0.3 s, 256 B).
+    assert all(t > 0.1 and size > 100_000 for t, size in signatures)
+    assert all(0.5 < a <= 1.0 for a in accuracies)
+    assert attempts == [1] * (8 + len(sampled))
+    assert job.counters == {
+        "dies": 4,
+        "dies_done": 4,
+        "dies_succeeded": 4,
+        "dies_failed": 0,
+        "dies_alarmed": 0,
+        "dies_die_fault": 0,
+        "dies_cancelled": 0,
+        "items_retried": 0,
+        "attempts": 8 + len(sampled),
+    }
+    out = done.stdout
+    assert "Lot DEMOCI1: 4 dies on 2 wafers, model kws-bnn@1, job 1 succeeded" in out
+    assert f"functionally tested {len(sampled)}, passed {len(sampled)}" in out
+    for part in ("Yield by soft bin", "before calibration", "after calibration", "Tester time per die",
+                 f"export CIMCAL_DATABASE_URL={url}", "/dashboard/lots/DEMOCI1"):  # fmt: skip
+        assert part in out

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.base import utcnow
 from app.db.session import session_scope
-from app.db.tables import Image, Job, JobItem, JobState, Signature, TestResult
+from app.db.tables import AuditEvent, Image, Job, JobItem, JobState, Signature, TestResult
 from app.errors import ConflictError, InvalidInputError, NotFoundError
 from app.jobs.runner import LocalRunner
 from app.services import jobs
@@ -27,9 +27,9 @@ from app.services.jobs import (
     RetryPolicy,
     StepCall,
     StepFunctions,
-    _run_step,
     process_chunk,
 )
+from app.services.jobs.execution import _run_step
 from hardware.driver import ContactError, DieFault, HardwareTimeoutError, ProtocolError
 from tests.jobs.conftest import FAST_RETRY, LOT, Harness
 
@@ -233,8 +233,9 @@ def test_faults_are_retried_and_dies_that_still_fail_get_the_alarm_bin(
     h = make_context(p_timeout=0.15, p_contact_loss=0.1, p_gross_defect=0.2)
     run_to_end(h, workers=1)
 
-    assert job_state(session_factory, job_id) == JobState.succeeded
+    assert job_state(session_factory, job_id) == JobState.completed_with_failures
     with session_scope(session_factory) as s:
+        counters = jobs.get_job(s, job_id).counters
         items = s.execute(
             select(JobItem.die_id, JobItem.step, JobItem.state, JobItem.attempts, JobItem.error).where(
                 JobItem.job_id == job_id
@@ -257,6 +258,72 @@ def test_faults_are_retried_and_dies_that_still_fail_get_the_alarm_bin(
             assert error.startswith("not run: ") and attempts == 0
     assert {bins[d] for d in set(bins) - failed} == {(1, 1)}
     assert any(a > 1 for _, _, state, a, _ in items if state == JobState.succeeded)  # retries helped
+    alarmed = {d for d, _, _, _, e in items if e and e.startswith("alarm: ")}
+    faulty = {d for d, _, _, _, e in items if e and e.startswith("die fault: ")}
+    assert counters == {
+        "dies": len(lot_ecids),
+        "dies_done": len(lot_ecids),
+        "dies_succeeded": len(lot_ecids) - len(failed),
+        "dies_failed": len(failed),
+        "dies_alarmed": len(alarmed),
+        "dies_die_fault": len(faulty),
+        "dies_cancelled": 0,
+        "items_retried": sum(a > 1 for *_, a, _ in items),
+        "attempts": sum(a for *_, a, _ in items),
+    }
+
+
+def test_a_job_whose_every_die_fails_ends_failed_not_succeeded(
+    session_factory: Factory, lot_ecids: list[str], make_context: Callable[..., Harness]
+) -> None:
+    job_id = create_job(session_factory)
+    h = make_context()
+
+    def broken(call: StepCall) -> object:
+        raise DieFault("short")
+
+    h.context.steps = dataclasses.replace(h.context.steps, characterize=broken)
+    run_to_end(h)
+    n = len(lot_ecids)
+    with session_scope(session_factory) as s:
+        p = jobs.job_progress(s, job_id)
+    assert p.job.state == JobState.failed and p.job.finished_at is not None
+    assert [(st.step, st.failed, st.succeeded) for st in p.steps] == [(step, n, 0) for step in STEP_ORDER]
+    assert p.job.counters["dies_failed"] == p.job.counters["dies_die_fault"] == n
+    assert p.job.counters["dies_succeeded"] == 0 and p.job.counters["attempts"] == n  # not-run steps: none
+
+
+def test_attempts_count_started_attempts_so_a_crash_inside_a_step_is_counted(
+    session_factory: Factory, lot_ecids: list[str], make_context: Callable[..., Harness]
+) -> None:
+    """A worker that dies inside a step never finishes the attempt; the item still shows it, and the
+    step function receives the item and its attempt number (unique per attempt over redeliveries)."""
+    job_id = create_job(session_factory, ("characterize",))
+    h = make_context()
+    real = h.context.steps.characterize
+    seen: list[tuple[int | None, int]] = []
+    crashes = [SystemExit("killed")]
+
+    def crashing(call: StepCall) -> object:
+        seen.append((call.item_id, call.attempt))
+        if crashes:
+            raise crashes.pop()
+        return real(call)
+
+    h.context.steps = dataclasses.replace(h.context.steps, characterize=crashing)
+    die_ids = jobs.open_die_ids(session_factory, job_id)
+    with pytest.raises(SystemExit):
+        process_chunk(h.context, job_id, die_ids[:1])
+    process_chunk(h.context, job_id, die_ids)
+    with session_scope(session_factory) as s:
+        attempts = dict(
+            s.execute(select(JobItem.die_id, JobItem.attempts).where(JobItem.job_id == job_id)).all()
+        )
+        job = jobs.get_job(s, job_id)
+    assert attempts == {d: 2 if d == die_ids[0] else 1 for d in die_ids}
+    assert seen[0][1] == 1 and seen[1] == (seen[0][0], 2)  # the same item, its second attempt
+    assert len({item for item, _ in seen}) == len(die_ids) and None not in {item for item, _ in seen}
+    assert job.state == JobState.succeeded and job.counters["attempts"] == len(die_ids) + 1
 
 
 def test_job_creation_validates_its_input(session_factory: Factory, lot_ecids: list[str]) -> None:
@@ -378,3 +445,58 @@ def test_after_a_crash_the_restarted_runner_waits_out_the_lease_then_finishes_th
     assert time.monotonic() - t0 >= 0.5
     assert job_state(session_factory, job_id) == JobState.succeeded
     assert set(per_die(session_factory, Signature).values()) == {1} and len(h.log.calls) == 3 * len(lot_ecids)
+
+
+def test_the_supervisor_runs_a_job_nobody_sent_and_only_once(
+    session_factory: Factory, lot_ecids: list[str], make_context: Callable[..., Harness]
+) -> None:
+    """A job whose chunks were never handed to the runner (the send after the POST failed, or another
+    process created it) is found by the supervisor once it shows no activity, and run exactly once."""
+    h = make_context(lease_s=1.0)
+    runner = LocalRunner(h.context, workers=2, chunk_dies=4, supervise_s=0.1)
+    runner.start()  # nothing to resume yet
+    try:
+        job_id = create_job(session_factory)  # committed, never submitted
+        t0 = time.monotonic()
+        deadline = t0 + 30
+        while job_state(session_factory, job_id) != JobState.succeeded and time.monotonic() < deadline:
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        assert runner.wait_idle(timeout_s=30)
+        time.sleep(1.0)  # a few more supervisor rounds: a finished job is never sent again
+    finally:
+        runner.stop()
+    assert job_state(session_factory, job_id) == JobState.succeeded
+    assert 0.5 <= took < 10  # after the quiet time (half a lease), within a few rounds
+    assert len(h.log.calls) == 3 * len(lot_ecids) and set(h.log.calls.values()) == {1}
+    with session_scope(session_factory) as s:
+        resends = s.execute(
+            select(AuditEvent.actor, AuditEvent.details).where(
+                AuditEvent.action == "job.resend", AuditEvent.target == f"job:{job_id}"
+            )
+        ).all()
+    assert resends == [("supervisor", {"dies": len(lot_ecids), "runner": "local"})]
+
+
+def test_the_supervisor_leaves_a_job_alone_while_the_runner_holds_its_chunks(
+    session_factory: Factory, lot_ecids: list[str], make_context: Callable[..., Harness]
+) -> None:
+    """One worker: the second job's chunk waits in the runner's queue with no claim and no activity
+    while the first job runs; it is not stalled, so it is not sent again."""
+    h = make_context(lease_s=0.4, delay_s=0.03)
+    runner = LocalRunner(
+        h.context, workers=1, chunk_dies=12, supervise_s=0.05, quiet_s=0.01, resume_on_start=False
+    )
+    first = create_job(session_factory)
+    second = create_job(session_factory, ("compensate",), model="kws@2")
+    runner.submit(first)  # queued before the threads and the supervisor start
+    runner.submit(second)
+    runner.start()
+    try:
+        assert runner.wait_idle(timeout_s=60)
+    finally:
+        runner.stop()
+    assert job_state(session_factory, first) == job_state(session_factory, second) == JobState.succeeded
+    assert sum(h.log.calls.values()) == 4 * len(lot_ecids)  # nothing ran twice
+    with session_scope(session_factory) as s:
+        assert s.scalar(select(func.count()).where(AuditEvent.action == "job.resend")) == 0

@@ -11,6 +11,7 @@ from app.api.schemas.common import with_example
 from app.services.jobs import DieSelection, JobProgress
 
 Step = Literal["characterize", "compensate", "functional-test"]
+JobStateOut = Literal["queued", "running", "succeeded", "completed_with_failures", "failed", "cancelled"]
 ALL_STEPS: tuple[Step, ...] = ("characterize", "compensate", "functional-test")
 
 
@@ -110,6 +111,17 @@ _JOB_EXAMPLE: dict[str, Any] = {
         "steps": ["characterize", "compensate", "functional-test"],
         "force": False,
     },
+    "counters": {
+        "dies": 500,
+        "dies_done": 120,
+        "dies_succeeded": 119,
+        "dies_failed": 1,
+        "dies_alarmed": 1,
+        "dies_die_fault": 0,
+        "dies_cancelled": 0,
+        "items_retried": 2,
+        "attempts": 363,
+    },
     "created_by": "engineer:ab12cd34",
     "created_at": "2026-01-05T08:30:00Z",
     "started_at": "2026-01-05T08:30:01Z",
@@ -122,9 +134,19 @@ class JobOut(BaseModel):
 
     id: int
     kind: str
-    state: str
+    state: JobStateOut = Field(
+        description="`queued`, `running`; then `succeeded` (every die passed every step), "
+        "`completed_with_failures` (some dies failed a step: see `counters` and `errors`), "
+        "`failed` (every die failed a step) or `cancelled`."
+    )
     lot_id: str | None
     params: dict[str, Any]
+    counters: dict[str, int] = Field(
+        description="Per die, from the job's items: `dies`, `dies_done`, `dies_succeeded`, `dies_failed` "
+        "(of which `dies_alarmed`: alarm bin, retest; `dies_die_fault`: die-fault bin), `dies_cancelled`, "
+        "`items_retried` (steps that needed more than one attempt), `attempts` (step attempts started). "
+        "Updated after every chunk; empty until the first chunk ended."
+    )
     created_by: str
     created_at: datetime
     started_at: datetime | None
@@ -138,6 +160,7 @@ class JobOut(BaseModel):
             state=job.state,
             lot_id=job.lot_id,
             params=dict(job.params),
+            counters={str(k): int(v) for k, v in (job.counters or {}).items()},
             created_by=job.created_by,
             created_at=job.created_at,
             started_at=job.started_at,

@@ -688,8 +688,9 @@
           section("Items by step and state", j.items.length ? table(["Step", "State", "Items"], j.items.map((i) => [i.step, h("span", { class: `badge state-${i.state}` }, i.state), i.count]), { class: "compact", id: "job-items" }) : h("p", { class: "muted" }, "No items yet.")),
           section(
             "Job",
-            table(["", ""], [["Created by", j.created_by], ["Created", when(j.created_at)], ["Started", when(j.started_at)], ["Finished", when(j.finished_at)], ["Parameters", h("code", {}, JSON.stringify(j.params))], ["Counters", h("code", {}, JSON.stringify(j.counters))]], { class: "compact kv" }),
+            table(["", ""], [["Created by", j.created_by], ["Created", when(j.created_at)], ["Started", when(j.started_at)], ["Finished", when(j.finished_at)], ["Parameters", h("code", {}, JSON.stringify(j.params))], ], { class: "compact kv" }),
           ),
+          section("Counters", Object.keys(j.counters).length ? table(["", ""], Object.entries(j.counters).map(([k, v]) => [k.replace(/_/g, " "), v]), { class: "compact kv", id: "job-counters" }) : h("p", { class: "muted" }, "No die finished yet.")),
         ),
         j.errors.length ? section("Errors", table(["Die", "Step", "Attempts", "Error"], j.errors.map((e) => [link(`/dashboard/dies/${enc(e.ecid)}`, e.ecid), e.step, e.attempts, e.error]), { class: "compact" })) : null,
       );

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.tables import Die, Job, JobItem, JobState, Signature, TestResult, Wafer
@@ -64,6 +64,22 @@ def open_job_ids(session: Session, *, state: str | None = None) -> list[int]:
     return list(session.scalars(select(Job.id).where(Job.state.in_(states)).order_by(Job.id)))
 
 
+def stalled_job_ids(session: Session, *, live_after: datetime, quiet_before: datetime) -> list[int]:
+    """Open jobs nobody works on: created before ``quiet_before``, no item claimed, attempted,
+    finished or heartbeating since then, and no item running under a claim whose heartbeat is newer
+    than ``live_after`` (a live worker). Oldest first."""
+    live = exists().where(
+        JobItem.job_id == Job.id, JobItem.state == JobState.running, JobItem.heartbeat_at >= live_after
+    )
+    recent = exists().where(JobItem.job_id == Job.id, JobItem.updated_at >= quiet_before)
+    stmt = (
+        select(Job.id)
+        .where(Job.state.in_(OPEN_STATES), Job.created_at < quiet_before, ~live, ~recent)
+        .order_by(Job.id)
+    )
+    return list(session.scalars(stmt))
+
+
 def mark_started(session: Session, job_id: int, now: datetime) -> bool:
     """queued -> running (once)."""
     done = session.execute(
@@ -75,16 +91,112 @@ def mark_started(session: Session, job_id: int, now: datetime) -> bool:
     return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
-def finish_if_done(session: Session, job_id: int, now: datetime) -> bool:
-    """running -> succeeded when no item is queued or running any more."""
+FINISHED_JOB_STATES = (
+    JobState.succeeded.value,
+    JobState.completed_with_failures.value,
+    JobState.failed.value,
+)
+
+
+def item_counters(session: Session, job_id: int) -> dict[str, int]:
+    """What the job's items say so far, per die (a die counts once whatever its number of steps):
+
+    ``dies`` in the job; ``dies_done`` with no step queued or running; ``dies_succeeded`` with every
+    step succeeded; ``dies_failed`` with a failed step, of which ``dies_alarmed`` got the alarm bin
+    (tester alarm, retest) and ``dies_die_fault`` the die-fault bin; ``dies_cancelled`` with a
+    cancelled step and none failed; ``items_retried`` steps that needed more than one attempt;
+    ``attempts`` step attempts started, retries and redeliveries included."""
+
+    def n(cond: ColumnElement[bool]) -> Any:
+        return func.sum(case((cond, 1), else_=0))
+
+    failed = JobItem.state == JobState.failed
+    per_die = (
+        select(
+            JobItem.die_id,
+            n(JobItem.state.in_(OPEN_STATES)).label("open"),
+            n(JobItem.state != JobState.succeeded).label("not_ok"),
+            n(failed).label("failed"),
+            n(and_(failed, JobItem.error.like("alarm:%"))).label("alarm"),
+            n(and_(failed, JobItem.error.like("die fault:%"))).label("fault"),
+            n(JobItem.state == JobState.cancelled).label("cancelled"),
+            n(JobItem.attempts > 1).label("retried"),
+            func.sum(JobItem.attempts).label("attempts"),
+        )
+        .where(JobItem.job_id == job_id)
+        .group_by(JobItem.die_id)
+        .subquery()
+    )
+    c = per_die.c
+    row = session.execute(
+        select(
+            func.count(),
+            n(c.open == 0),
+            n(c.not_ok == 0),
+            n(c.failed > 0),
+            n(c.alarm > 0),
+            n(c.fault > 0),
+            n(and_(c.cancelled > 0, c.failed == 0)),
+            func.sum(c.retried),
+            func.sum(c.attempts),
+        ).select_from(per_die)
+    ).one()
+    keys = (
+        "dies",
+        "dies_done",
+        "dies_succeeded",
+        "dies_failed",
+        "dies_alarmed",
+        "dies_die_fault",
+        "dies_cancelled",
+        "items_retried",
+        "attempts",
+    )
+    return {k: int(v or 0) for k, v in zip(keys, row, strict=True)}
+
+
+def end_state(counters: dict[str, int]) -> JobState:
+    """A finished job: ``succeeded`` when no die failed a step, ``failed`` when every die did,
+    ``completed_with_failures`` in between."""
+    if counters["dies_failed"] == 0:
+        return JobState.succeeded
+    if counters["dies_failed"] >= counters["dies"]:
+        return JobState.failed
+    return JobState.completed_with_failures
+
+
+def update_counters(session: Session, job_id: int) -> dict[str, int]:
+    """Store :func:`item_counters` in ``job.counters`` while the job has not finished (a finished
+    job keeps the counters it finished with)."""
+    counters = item_counters(session, job_id)
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.not_in(FINISHED_JOB_STATES))
+        .values(counters=counters)
+        .execution_options(synchronize_session=False)
+    )
+    return counters
+
+
+def finish_if_done(session: Session, job_id: int, now: datetime) -> str | None:
+    """running -> its end state (:func:`end_state`) when no item is queued or running any more, with
+    the final counters; returns the end state, or None when the job did not finish here."""
+    counters = item_counters(session, job_id)
+    if counters["dies_done"] < counters["dies"]:
+        update_counters(session, job_id)
+        return None
+    state = end_state(counters)
     still_open = exists().where(JobItem.job_id == job_id, JobItem.state.in_(OPEN_STATES))
     done = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == JobState.running, ~still_open)
-        .values(state=JobState.succeeded, finished_at=now)
+        .values(state=state, finished_at=now, counters=counters)
         .execution_options(synchronize_session=False)
     )
-    return bool(done.rowcount)  # type: ignore[attr-defined]
+    if done.rowcount:  # type: ignore[attr-defined]
+        return state.value
+    update_counters(session, job_id)  # cancelled meanwhile: keep counting what its dies did
+    return None
 
 
 def cancel(session: Session, job_id: int, now: datetime) -> bool:
@@ -178,12 +290,17 @@ def die_states(session: Session, job_id: int, die_id: int) -> dict[str, str]:
     return {str(step): str(state) for step, state in rows}
 
 
-def item_attempts(session: Session, item_ids: Collection[int]) -> dict[int, int]:
-    """item id -> attempts recorded so far."""
-    if not item_ids:
-        return {}
-    rows = session.execute(select(JobItem.id, JobItem.attempts).where(JobItem.id.in_(list(item_ids))))
-    return {int(i): int(a) for i, a in rows}
+def start_attempt(session: Session, *, item_id: int, owner: str, now: datetime) -> int | None:
+    """Count an attempt of a claimed item as it starts; returns the item's attempt number (1, 2, ...
+    over every delivery), or None when the claim was lost."""
+    row = session.execute(
+        update(JobItem)
+        .where(JobItem.id == item_id, JobItem.claimed_by == owner, JobItem.state == JobState.running)
+        .values(attempts=JobItem.attempts + 1, heartbeat_at=now)
+        .returning(JobItem.attempts)
+        .execution_options(synchronize_session=False)
+    ).first()
+    return None if row is None else int(row[0])
 
 
 def finish_item(
@@ -193,20 +310,13 @@ def finish_item(
     owner: str,
     state: str,
     error: str | None,
-    attempts: int,
     now: datetime,
 ) -> bool:
     """Record the outcome of a claimed item; False when the claim was lost (lease expired)."""
     done = session.execute(
         update(JobItem)
         .where(JobItem.id == item_id, JobItem.claimed_by == owner, JobItem.state == JobState.running)
-        .values(
-            state=state,
-            error=error,
-            attempts=JobItem.attempts + attempts,
-            finished_at=now,
-            updated_at=now,
-        )
+        .values(state=state, error=error, finished_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     return bool(done.rowcount)  # type: ignore[attr-defined]

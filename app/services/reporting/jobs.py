@@ -12,7 +12,9 @@ from app.db.repositories import reporting as repo
 from app.db.tables import JobState
 from app.errors import NotFoundError
 
-TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+TERMINAL_STATES = frozenset(
+    {JobState.succeeded, JobState.completed_with_failures, JobState.failed, JobState.cancelled}
+)
 
 
 @dataclass(frozen=True)
