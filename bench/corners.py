@@ -24,7 +24,6 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +37,8 @@ from bench.quality_data import DEFAULT_MODEL, MODELS, BenchData, load_bench_data
 from bench.quality_dies import _STATE, FLEET_SEED, DriverSpec, _accuracy, die_address, worker_pool
 from hardware.chip import ChipGeometry, encode_image, execute_network, ideal_readout
 from hardware.driver import Driver
-from hardware.sim.corners import CORNERS, corner_variation
+from hardware.sim.corners import CORNERS, corner_variation, linear_twin
 from hardware.sim.driver import FleetConfig, SimulatedDriver, SimulatedFleet
-from hardware.sim.variation import VariationConfig
-
-
-def linear_twin(variation: VariationConfig) -> VariationConfig:
-    """``variation`` without bit-line saturation, IR drop and INL bow (all else identical)."""
-    return replace(
-        variation, bl_sat_mac=0.0, ir_drop=0.0, ir_drop_sigma=0.0, adc_inl_lsb=0.0, adc_inl_sigma_lsb=0.0
-    )
 
 
 def _driver(config: FleetConfig, die: int) -> Driver:
