@@ -13,8 +13,12 @@ die addresses and read-noise seeds), each die is measured with:
                  non-linear terms cost a compensation that knows the die's linear truth exactly, so it
                  bounds what estimating and compensating them could win.
 
+``--terms CORNER`` instead measures cimcal on that corner's dies with one non-linear term at a time
+(the others off): which term the cost above comes from.
+
 Run: ``python -m bench.corners --dies 4 --model kws-bnn@1`` (seed: the quality benchmark's fleet
-seed 2022; die d of corner i is ``bench.quality_dies.die_address(i, d)``, read-noise seed 1000 + d).
+seed 2022; die d of corner i is ``bench.quality_dies.die_address(i, d)``, read-noise seed 1000 + d;
+characterization seeded by ``[2022, i, d]``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +74,49 @@ def corner_task(corner_index: int, corner: str, die: int) -> dict[str, Any]:
         orc = compensate(ctx, oracle_signature(config, addr), addr.ecid)  # ORACLE
         rec[f"{label}oracle"], _ = _accuracy(drv, orc.image_bytes)
     return rec
+
+
+TERMS: dict[str, tuple[str, ...]] = {
+    "IR drop only": ("ir_drop", "ir_drop_sigma"),
+    "saturation only": ("bl_sat_mac", "bl_sat_sigma"),
+    "INL bow only": ("adc_inl_lsb", "adc_inl_sigma_lsb"),
+}
+"""Which corner parameters each variant of the term ablation keeps (the rest is the linear twin)."""
+
+
+def terms_task(corner_index: int, corner: str, die: int) -> dict[str, Any]:
+    """cimcal on die ``die`` of ``corner`` with one non-linear term at a time (the others off)."""
+    ctx: ModelContext = _STATE["ctx"]
+    addr = die_address(corner_index, die)
+    variation = corner_variation(corner)
+    rec: dict[str, Any] = {"corner": corner, "die": die, "ecid": addr.ecid}
+    for name, keep in TERMS.items():
+        var = replace(linear_twin(variation), **{k: getattr(variation, k) for k in keep})
+        drv = _driver(FleetConfig(seed=FLEET_SEED, variation=var), die)
+        drv.probe(addr)
+        char = characterize(drv, rng=np.random.default_rng([FLEET_SEED, corner_index, die]))
+        rec[name], _ = _accuracy(drv, compensate(ctx, char.signature, addr.ecid).image_bytes)
+    return rec
+
+
+def run_terms(
+    dies: int = 4,
+    corner: str = "aggressive",
+    *,
+    model: str = DEFAULT_MODEL,
+    workers: int = 2,
+    log: Any = print,
+) -> dict[str, Any]:
+    """cimcal's accuracy with each non-linear term of ``corner`` alone (same dies as :func:`run_corners`)."""
+    m = MODELS[model]
+    data, _ = load_bench_data(m.test_clips, m.calib_clips, m.tune_clips, 0, None, model)
+    with worker_pool(data, workers, DriverSpec()) as pool:
+        futs = [pool.submit(terms_task, list(CORNERS).index(corner), corner, d) for d in range(dies)]
+        recs = [f.result() for f in futs]
+    table = {k: float(np.mean([r[k] for r in recs])) for k in TERMS}
+    log(f"{data.model_name}, corner {corner}, {dies} dies, cimcal mean accuracy with one term on:")
+    log("\n".join(f"  {k}: {100 * v:.1f} %" for k, v in table.items()))
+    return {"model": data.model_name, "corner": corner, "dies": recs, "table": table}
 
 
 METHODS = ("uncalibrated", "cimcal", "oracle", "twin_cimcal", "twin_oracle")
@@ -138,10 +186,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--test-clips", type=int, default=None)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
-    out = run_corners(
-        args.dies, args.corners, model=args.model, test_clips=args.test_clips, workers=args.workers
+    p.add_argument(
+        "--terms",
+        default=None,
+        choices=sorted(CORNERS),
+        help="instead: cimcal at this corner with one non-linear term at a time",
     )
+    args = p.parse_args(argv)
+    if args.terms:
+        out = run_terms(args.dies, args.terms, model=args.model, workers=args.workers)
+    else:
+        out = run_corners(
+            args.dies, args.corners, model=args.model, test_clips=args.test_clips, workers=args.workers
+        )
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     return 0
