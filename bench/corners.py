@@ -104,22 +104,53 @@ def terms_task(corner_index: int, corner: str, die: int) -> dict[str, Any]:
     return rec
 
 
+def oracle_terms_task(corner_index: int, corner: str, die: int) -> dict[str, Any]:
+    """ORACLE with and without the saturation / IR-drop signature fields, on die ``die`` of ``corner``
+    with some of its non-linear terms switched off (the rest of the die identical)."""
+    ctx: ModelContext = _STATE["ctx"]
+    addr = die_address(corner_index, die)
+    variation = corner_variation(corner)
+    twin = linear_twin(variation)
+    variants = {
+        "saturation only": replace(
+            twin, bl_sat_mac=variation.bl_sat_mac, bl_sat_sigma=variation.bl_sat_sigma
+        ),
+        "IR drop only": replace(twin, ir_drop=variation.ir_drop, ir_drop_sigma=variation.ir_drop_sigma),
+        "saturation + IR drop": replace(variation, adc_inl_lsb=0.0, adc_inl_sigma_lsb=0.0),
+        "all three (with INL)": variation,
+    }
+    rec: dict[str, Any] = {"corner": corner, "die": die, "ecid": addr.ecid}
+    for name, var in variants.items():
+        config = FleetConfig(seed=FLEET_SEED, variation=var)
+        drv = _driver(config, die)
+        drv.probe(addr)
+        for nl in (False, True):
+            comp = compensate(ctx, oracle_signature(config, addr, nonlinear=nl), addr.ecid)  # ORACLE
+            rec[f"{name} / {'modelled' if nl else 'linear'}"], _ = _accuracy(drv, comp.image_bytes)
+    return rec
+
+
 def run_terms(
     dies: int = 4,
     corner: str = "aggressive",
     *,
     model: str = DEFAULT_MODEL,
     workers: int = 2,
+    oracle: bool = False,
     log: Any = print,
 ) -> dict[str, Any]:
-    """cimcal's accuracy with each non-linear term of ``corner`` alone (same dies as :func:`run_corners`)."""
+    """cimcal's accuracy with each non-linear term of ``corner`` alone (same dies as :func:`run_corners`);
+    with ``oracle``, the ORACLE with and without the terms in its signature instead."""
     m = MODELS[model]
     data, _ = load_bench_data(m.test_clips, m.calib_clips, m.tune_clips, 0, None, model)
     with worker_pool(data, workers, DriverSpec()) as pool:
-        futs = [pool.submit(terms_task, list(CORNERS).index(corner), corner, d) for d in range(dies)]
+        task = oracle_terms_task if oracle else terms_task
+        futs = [pool.submit(task, list(CORNERS).index(corner), corner, d) for d in range(dies)]
         recs = [f.result() for f in futs]
-    table = {k: float(np.mean([r[k] for r in recs])) for k in TERMS}
-    log(f"{data.model_name}, corner {corner}, {dies} dies, cimcal mean accuracy with one term on:")
+    keys = [k for k in recs[0] if k not in ("corner", "die", "ecid")]
+    table = {k: float(np.mean([r[k] for r in recs])) for k in keys}
+    what = "ORACLE, linear vs modelled saturation + IR drop" if oracle else "cimcal with one term on"
+    log(f"{data.model_name}, corner {corner}, {dies} dies, mean accuracy, {what}:")
     log("\n".join(f"  {k}: {100 * v:.1f} %" for k, v in table.items()))
     return {"model": data.model_name, "corner": corner, "dies": recs, "table": table}
 
@@ -198,9 +229,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=sorted(CORNERS),
         help="instead: cimcal at this corner with one non-linear term at a time",
     )
+    p.add_argument(
+        "--oracle-terms",
+        action="store_true",
+        help="with --terms: the ORACLE with and without saturation / IR drop in its signature",
+    )
     args = p.parse_args(argv)
     if args.terms:
-        out = run_terms(args.dies, args.terms, model=args.model, workers=args.workers)
+        out = run_terms(
+            args.dies, args.terms, model=args.model, workers=args.workers, oracle=args.oracle_terms
+        )
     else:
         out = run_corners(
             args.dies, args.corners, model=args.model, test_clips=args.test_clips, workers=args.workers

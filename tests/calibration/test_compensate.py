@@ -154,7 +154,9 @@ def test_compensation_models_saturation_and_ir_drop_when_the_signature_has_them(
     full = compensate(ctx, oracle_signature(config, ADDRESS, nonlinear=True), ECID)
     assert full.image_bytes != linear.image_bytes
     agree = {
-        name: float(np.mean(list(measured_layer_agreement(drv, c.image, program, calib[:32], rng=1).values())))
+        name: float(
+            np.mean(list(measured_layer_agreement(drv, c.image, program, calib[:32], rng=1).values()))
+        )
         for name, c in (("linear", linear), ("full", full))
     }
     assert agree["full"] > agree["linear"], agree
