@@ -16,7 +16,8 @@ die addresses and read-noise seeds), each die is measured with:
                  bounds what estimating and compensating them could win.
 
 ``--terms CORNER`` instead measures cimcal on that corner's dies with one non-linear term at a time
-(the others off): which term the cost above comes from.
+(the others off): which term the cost above comes from; ``--terms CORNER --oracle-terms`` the ORACLE
+with and without saturation and IR drop in its signature, on dies with some terms switched off.
 
 Run: ``python -m bench.corners --dies 4 --model kws-bnn@1`` (seed: the quality benchmark's fleet
 seed 2022; die d of corner i is ``bench.quality_dies.die_address(i, d)``, read-noise seed 1000 + d;
