@@ -42,8 +42,8 @@ def test_a_spec_without_a_scale_option_has_one_row() -> None:
 def test_bad_driver_options_are_refused_before_any_die_runs() -> None:
     with pytest.raises(DriverOptionsError, match="nope"):
         DriverSpec("simulated", {"nope": 1})
-    with pytest.raises(ValueError, match="no option 'corner'"):
-        DriverSpec("simulated", {}, "corner")
+    with pytest.raises(ValueError, match="no option 'temperature_c'"):
+        DriverSpec("simulated", {}, "temperature_c")
 
 
 def test_only_a_driver_that_offers_one_has_an_oracle() -> None:

@@ -8,18 +8,22 @@ import io
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.cli import build_parser
+from app.cli import build_parser, main
+from app.config import Settings, get_settings
 from app.db import migrate
 from app.db.repositories.jobs import lot_dies
 from app.db.session import make_engine, make_session_factory, session_scope
 from app.db.tables import Image, Job, JobItem, Signature, TestResult
-from app.demo import DemoOptions, run, summary, wafer_sites
-from app.services.jobs import in_sample
+from app.demo import DEMO_CORNER, DemoOptions, run, summary, wafer_sites
+from app.services.hardware import StationConfigError
+from app.services.jobs import StepFunctions, in_sample
 from app.services.lots import circular_sites
 from tests.conftest import SHARED_CACHE_DIR
 from tests.jobs.conftest import add_models
@@ -58,6 +62,8 @@ def test_demo_registers_calibrates_and_summarizes_a_lot(tmp_path: Path) -> None:
 def test_demo_command_line() -> None:
     args = build_parser().parse_args(["demo", "--wafers", "2", "--dies-per-wafer", "30", "--lot", "L1"])
     assert (args.wafers, args.dies_per_wafer, args.lot, args.functional_test_sample) == (2, 30, "L1", 1.0)
+    assert args.corner is None
+    assert build_parser().parse_args(["demo", "--corner", "aggressive"]).corner == "aggressive"
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +112,7 @@ def test_cimcal_demo_runs_the_real_steps_on_the_simulated_fleet(tmp_path: Path) 
             tested = s.execute(select(TestResult.die_id, TestResult.image_id.is_not(None))).all()
             signatures = s.execute(select(Signature.tester_s, func.length(Signature.blob))).all()
             attempts = s.scalars(select(JobItem.attempts).where(JobItem.job_id == job.id)).all()
-            accuracies = s.scalars(select(TestResult.accuracy)).all()
+            accuracies = s.scalars(select(TestResult.accuracy).where(TestResult.image_id.is_not(None))).all()
     finally:
         engine.dispose()
     assert len(dies) == 4 and 0 < len(sampled) < 4  # the sample option picked some dies, not all
@@ -116,7 +122,7 @@ def test_cimcal_demo_runs_the_real_steps_on_the_simulated_fleet(tmp_path: Path) 
     assert sorted(tested) == sorted((d, calibrated) for d in sampled for calibrated in (False, True))
     # Measured signatures (~0.26 s of simulated tester time, ~290 kB), not the stand-ins' (0.3 s, 256 B).
     assert all(t > 0.1 and size > 100_000 for t, size in signatures)
-    assert all(0.5 < a <= 1.0 for a in accuracies)
+    assert accuracies and all(a is not None and 0.5 < a <= 1.0 for a in accuracies)  # calibrated
     assert attempts == [1] * (8 + len(sampled))
     assert job.counters == {
         "dies": 4,
@@ -135,3 +141,66 @@ def test_cimcal_demo_runs_the_real_steps_on_the_simulated_fleet(tmp_path: Path) 
     for part in ("Yield by soft bin", "before calibration", "after calibration", "Tester time per die",
                  f"export CIMCAL_DATABASE_URL={url}", "/dashboard/lots/DEMOCI1"):  # fmt: skip
         assert part in out
+
+
+def _demo_db(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    add_models(make_session_factory(engine), ("kws@1",))
+    engine.dispose()
+    return url
+
+
+def test_demo_runs_at_a_corner_where_calibration_matters_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CIMCAL_CORNER", raising=False)
+    get_settings.cache_clear()
+    url = _demo_db(tmp_path)
+    seen: list[str] = []
+
+    def steps(factory: sessionmaker[Session], settings: Settings) -> StepFunctions:
+        seen.append(settings.corner)
+        return build(factory, settings)
+
+    for lot, corner in (("DEMOC1", None), ("DEMOC2", "aggressive")):
+        opts = DemoOptions(
+            lot_id=lot,
+            wafers=1,
+            dies_per_wafer=2,
+            model="kws@1",
+            database_url=url,
+            progress=False,
+            corner=corner,
+        )
+        result = run(opts, steps=steps)
+        assert result.corner == seen[-1] and f"process corner {seen[-1]!r}" in summary(result)
+    assert seen == [DEMO_CORNER, "aggressive"] and DEMO_CORNER != "typical"
+    monkeypatch.setenv("CIMCAL_CORNER", "skewed")
+    get_settings.cache_clear()
+    try:
+        run(DemoOptions(lot_id="DEMOC3", wafers=1, dies_per_wafer=2, model="kws@1", database_url=url,
+                        progress=False), steps=steps)  # fmt: skip
+    finally:
+        get_settings.cache_clear()
+    assert seen[-1] == "skewed"
+
+
+def test_demo_refuses_an_unknown_corner_before_writing_anything(tmp_path: Path) -> None:
+    url = _demo_db(tmp_path)
+    with pytest.raises(StationConfigError, match="unknown process corner 'fast'"):
+        run(
+            DemoOptions(lot_id="DEMOX", database_url=url, model="kws@1", progress=False, corner="fast"),
+            steps=build,
+        )
+    engine = make_engine(url)
+    try:
+        with engine.connect() as c:
+            assert c.execute(text("SELECT count(*) FROM lot")).scalar_one() == 0
+    finally:
+        engine.dispose()
+    err = io.StringIO()
+    with redirect_stderr(err):
+        assert main(["demo", "--db", url, "--corner", "fast"]) == 1
+    assert "unknown process corner 'fast'" in err.getvalue()

@@ -39,6 +39,8 @@ class Instance:
     dead_code: NDArray[np.float64]
     edges: NDArray[np.float64]  # (nc, levels - 1) MAC
     extra: NDArray[np.float64] | None  # (nc, n) MAC: cell-error and stuck-cell terms of each sample
+    sat: NDArray[np.float64] | None = None  # (nc,) bit-line saturation level (0: none), MAC
+    ir_drop: NDArray[np.float64] | None = None  # (nc,) gain lost with every row of the macro active
 
     @classmethod
     def stack(cls, parts: Sequence[Instance]) -> Instance:
@@ -52,6 +54,12 @@ class Instance:
         else:
             shape = (n, next(e for e in extras if e is not None).shape[1])
             extra = np.concatenate([e if e is not None else np.zeros(shape) for e in extras])
+
+        def optional(arrays: list[NDArray[np.float64] | None]) -> NDArray[np.float64] | None:
+            if all(a is None for a in arrays):
+                return None
+            return np.concatenate([np.zeros(n) if a is None else a for a in arrays])
+
         return cls(
             row_tile=parts[0].row_tile,
             gain=np.concatenate([p.gain for p in parts]),
@@ -62,6 +70,8 @@ class Instance:
             dead_code=np.concatenate([p.dead_code for p in parts]),
             edges=np.concatenate([p.edges for p in parts]),
             extra=extra,
+            sat=optional([p.sat for p in parts]),
+            ir_drop=optional([p.ir_drop for p in parts]),
         )
 
 
@@ -210,6 +220,12 @@ def tile_instances(
                 dead_code=signature.dead_code[t.macro, phys].astype(np.float64),
                 edges=edges,
                 extra=extra,
+                sat=None
+                if signature.bl_sat_mac is None
+                else signature.bl_sat_mac[t.macro, phys].astype(np.float64),
+                ir_drop=None
+                if signature.ir_drop is None
+                else np.full(t.n_cols, float(signature.ir_drop[t.macro])),
             )
         )
     return out
@@ -267,12 +283,30 @@ def sample_model(
     n_act = stats.tile_active[c0 : c0 + nc].astype(np.float64)
 
     def analog(inst: Instance) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        v = inst.gain[:, None] * s_sum[:, :, inst.row_tile] + inst.offset[:, None]
+        n_rows = n_act[:, :, inst.row_tile]
+        if inst.sat is None and inst.ir_drop is None:
+            v = inst.gain[:, None] * s_sum[:, :, inst.row_tile] + inst.offset[:, None]
+            if inst.extra is not None:
+                v = v + inst.extra
+            sd = np.sqrt(inst.sigma[:, None] ** 2 + (inst.gain * inst.resid)[:, None] ** 2 * n_rows)
+            return v, np.maximum(sd, 1e-9)
+        # IR drop (the gain falls with the tile's active rows, the only rows its read drives), then
+        # saturation; the cell-mismatch noise scales with the local slope of the transfer.
+        lin = inst.gain[:, None] * s_sum[:, :, inst.row_tile]
         if inst.extra is not None:
-            v = v + inst.extra
-        sd = np.sqrt(
-            inst.sigma[:, None] ** 2 + (inst.gain * inst.resid)[:, None] ** 2 * n_act[:, :, inst.row_tile]
-        )
+            lin = lin + inst.extra
+        slope = np.ones_like(lin)
+        if inst.ir_drop is not None:
+            slope = 1.0 - inst.ir_drop[:, None] * n_rows / g.rows
+        lin = lin * slope
+        if inst.sat is not None:
+            sat = inst.sat[:, None]
+            safe = np.where(sat > 0, sat, 1.0)
+            th = np.tanh(lin / safe)
+            lin = np.where(sat > 0, safe * th, lin)
+            slope = slope * np.where(sat > 0, 1.0 - th**2, 1.0)
+        v = lin + inst.offset[:, None]
+        sd = np.sqrt(inst.sigma[:, None] ** 2 + ((inst.gain * inst.resid)[:, None] * slope) ** 2 * n_rows)
         return v, np.maximum(sd, 1e-9)
 
     if len(instances) == 1:
