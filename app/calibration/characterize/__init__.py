@@ -49,9 +49,17 @@ from app.calibration.characterize.config import (
     UNUSABLE_REASONS,
     CharacterizationConfig,
 )
-from app.calibration.characterize.design import Design, make_design, vectors_per_pattern
-from app.calibration.characterize.estimate import estimate_signature
+from app.calibration.characterize.design import (
+    Design,
+    DesignMatrices,
+    design_matrices,
+    make_design,
+    production_design,
+    vectors_per_pattern,
+)
+from app.calibration.characterize.estimate import build_signature, estimate_signature, fit_die, refit_stuck
 from app.calibration.characterize.measure import measure
+from app.calibration.characterize.stuck import confirm_by_rereads
 from app.calibration.signature import Signature
 from app.calibration.transient import RetryingCalls
 from hardware.driver import Driver
@@ -63,11 +71,14 @@ __all__ = [
     "CharacterizationConfig",
     "CharacterizationResult",
     "Design",
+    "DesignMatrices",
     "characterize",
+    "design_matrices",
     "estimate_signature",
     "make_design",
     "measure",
     "noise_sigma_from_repeat_var",
+    "production_design",
     "vectors_per_pattern",
 ]
 
@@ -77,8 +88,10 @@ class CharacterizationResult:
     """A signature and what it cost on the tester.
 
     reads        : read_macro calls; read_vectors: word-line vectors driven (the budget unit)
-    writes       : macro writes; tester_s: tester seconds charged by the driver
-    compute_s    : host seconds spent estimating (not tester time)
+    writes       : macros written; write_calls: write operations (a broadcast write writes many
+                   macros in one); tester_s: tester seconds charged by the driver
+    compute_s    : host seconds spent estimating (not tester time, nor the driver's own calls);
+                   compute_cpu_s: the CPU seconds of the same (the host cost, whatever else runs)
     retries      : driver calls repeated after a transient error (their cost is in the figures above)
     """
 
@@ -91,6 +104,8 @@ class CharacterizationResult:
     budget: int
     diagnostics: dict[str, float] = field(default_factory=dict)
     retries: int = 0
+    write_calls: int = 0
+    compute_cpu_s: float = 0.0
 
     def summary(self) -> dict[str, float | int]:
         """Signature headline numbers plus the cost of measuring them."""
@@ -100,6 +115,7 @@ class CharacterizationResult:
                 "reads": self.reads,
                 "read_vectors": self.read_vectors,
                 "writes": self.writes,
+                "write_calls": self.write_calls,
                 "tester_s": self.tester_s,
                 "compute_s": self.compute_s,
                 "budget": self.budget,
@@ -121,32 +137,56 @@ def characterize(
 ) -> CharacterizationResult:
     """Measure the signature of the die under the probe with ``budget`` read vectors.
 
-    Writes every macro of the geometry twice and reads it with ``budget / (2 n_macros)`` vectors per
-    pattern. A :class:`~hardware.driver.HardwareTimeoutError` or :class:`~hardware.driver.ContactError`
+    Writes both patterns into every macro (:func:`measure`) and reads each macro with
+    ``budget / (2 n_macros)`` vectors per pattern; with ``config.reread_stuck`` the suspected stuck
+    cells are then read again (a few vectors each, :mod:`app.calibration.characterize.stuck`).
+    ``rng``: a seed or generator draws a design for this call; None (production) uses the design of
+    ``config.design_seed``, the same for every die and precomputed once per geometry and budget.
+
+    A :class:`~hardware.driver.HardwareTimeoutError` or :class:`~hardware.driver.ContactError`
     retries the failed call (``config.attempts`` tries); when the last try fails it propagates, as does
     any other driver error; no partial signature is ever returned.
     """
     config = config or CharacterizationConfig()
-    gen = np.random.default_rng(rng)
     g = driver.geometry()
     n = vectors_per_pattern(g, budget)
-    design = make_design(g, n, gen, config)
+    if rng is None:
+        design, dm = production_design(
+            g, n, config.active_fraction, config.repeat_fraction, config.design_seed
+        )
+    else:
+        design = make_design(g, n, np.random.default_rng(rng), config)
+        dm = design_matrices(design, g)
     c0 = driver.counters.as_dict()
     ident = driver.identify()
     calls = RetryingCalls(driver, ident.address, attempts=config.attempts)
     y_pos, y_neg = measure(driver, design, config, calls)
+    t0, c0_cpu = time.perf_counter(), time.thread_time()
+    df = fit_die(g, design, dm, y_pos, y_neg, config)
+    compute_s, cpu_s = time.perf_counter() - t0, time.thread_time() - c0_cpu
+    if config.reread_stuck:
+        suspects = df.test.suspects
+        stuck = confirm_by_rereads(
+            driver, calls, design, suspects, df.fit.gain, df.fit.offset, df.sigma_m, config
+        )
+        t1, c1_cpu = time.perf_counter(), time.thread_time()
+        df = refit_stuck(df, stuck, config)
+        compute_s, cpu_s = compute_s + time.perf_counter() - t1, cpu_s + time.thread_time() - c1_cpu
     c1 = driver.counters.as_dict()
-    t0 = time.perf_counter()
+    t2, c2_cpu = time.perf_counter(), time.thread_time()
     meta: dict[str, Any] = {"ecid": ident.ecid, "budget": int(budget), "vectors_per_pattern": int(n)}
-    signature, diag = estimate_signature(g, design, y_pos, y_neg, config, meta)
+    signature, diag = build_signature(g, design, dm, df, config, meta)
+    compute_s, cpu_s = compute_s + time.perf_counter() - t2, cpu_s + time.thread_time() - c2_cpu
     return CharacterizationResult(
         signature=signature,
         reads=int(c1["read_calls"] - c0["read_calls"]),
         read_vectors=int(c1["read_vectors"] - c0["read_vectors"]),
         writes=int(c1["macro_writes"] - c0["macro_writes"]),
         tester_s=float(c1["tester_time_s"] - c0["tester_time_s"]),
-        compute_s=time.perf_counter() - t0,
+        compute_s=compute_s,
         budget=int(budget),
         diagnostics=diag,
         retries=calls.retries,
+        write_calls=int(c1["write_calls"] - c0["write_calls"]),
+        compute_cpu_s=cpu_s,
     )

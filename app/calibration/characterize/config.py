@@ -35,6 +35,15 @@ class CharacterizationConfig:
                       standard errors from 0 ...
     stuck_mag_range : ... and its magnitude within this range of the column gain (a stuck cell adds
                       about one cell's contribution)
+    broadcast       : write each pattern into every macro with one ``write_macros`` call (one
+                      broadcast write on a tester that has it) and then read them; False: write and
+                      read one macro at a time
+    reread_stuck    : confirm stuck cells by targeted re-reads of the suspects instead of the short
+                      pass's statistic alone (:mod:`app.calibration.characterize.stuck`)
+    suspect_min_z   : a cell this many standard errors from 0 on the short pass is a suspect (as is
+                      every MAP candidate)
+    reread_min, reread_max : bounds on the repeats of a suspect's row vector
+    design_seed     : seed of the production design (the same test patterns for every die)
     """
 
     active_fraction: float = 0.25
@@ -52,6 +61,12 @@ class CharacterizationConfig:
     max_noise_ratio: float = 5.0
     stuck_min_z: float = 4.5
     stuck_mag_range: tuple[float, float] = (0.3, 3.0)
+    broadcast: bool = True
+    reread_stuck: bool = True
+    suspect_min_z: float = 3.5
+    reread_min: int = 8
+    reread_max: int = 128
+    design_seed: int = 2022
 
 
 UNUSABLE_REASONS: dict[str, str] = {

@@ -1,0 +1,201 @@
+"""Stuck cells: a statistical test on the short pass, then targeted re-reads of the suspects.
+
+A stuck cell reads the same under W and -W, so it shows in ``z = (y+ + y-) / 2`` (where healthy
+cells cancel) as ``value * magnitude`` on its row: the matched filter ``d_hat`` of
+:func:`~app.calibration.characterize.fit.column_statistics` estimates it for every cell.
+
+* :func:`stuck_test`: the MAP test against the prior stuck rate, confirmed (``stuck_min_z`` standard
+  errors, magnitude within ``stuck_mag_range`` of the column gain). Only cells whose ``|d_hat|``
+  exceeds half a cell's contribution can pass the MAP test, so only those (a sparse set) are
+  examined; the full-size work is one comparison.
+* :func:`confirm_by_rereads` (``config.reread_stuck``): every *suspect* (a MAP candidate, or a cell
+  ``suspect_min_z`` standard errors from 0) is read again with a vector that drives its row alone,
+  under the pattern in which a cell stuck at the suspected value differs from a healthy one. A
+  healthy cell then adds ``u * gain`` to its column (``u`` the written weight), a stuck one
+  ``-u * gain``. The re-read and the short pass are combined by their precision; a cell is stuck
+  when the combined estimate is nearer a stuck cell's than a healthy one's and ``stuck_min_z``
+  standard errors from 0. With enough repeats (:func:`reread_reads`) the re-read alone decides, so
+  the defect map stays complete with a short pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+from numpy.typing import NDArray
+
+from app.calibration.characterize.config import CharacterizationConfig
+from app.calibration.characterize.design import Design
+from app.calibration.characterize.fit import ColumnStats, _centred, _sumsq
+from app.calibration.transient import RetryingCalls
+from hardware.chip import ChipGeometry
+from hardware.driver import Driver
+
+
+@dataclass(frozen=True)
+class CellSet:
+    """Stuck cells over the stacked columns: ``rows``, ``cols`` (flat ``macro * phys_cols + col``),
+    ``values`` in {-1,+1}, ``scores`` (standard errors of the deciding statistic), ``sizes`` the
+    estimated contribution of the stuck value (MAC)."""
+
+    rows: NDArray[np.int64]
+    cols: NDArray[np.int64]
+    values: NDArray[np.int8]
+    scores: NDArray[np.float64]
+    sizes: NDArray[np.float64]
+
+    @classmethod
+    def empty(cls) -> CellSet:
+        e = np.zeros(0, np.int64)
+        return cls(e, e, np.zeros(0, np.int8), np.zeros(0), np.zeros(0))
+
+    def astuple(
+        self,
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int8], NDArray[np.float64]]:
+        return self.rows, self.cols, self.values, self.scores
+
+
+@dataclass(frozen=True)
+class StuckTest:
+    """The short pass's verdict: ``confirmed`` cells, the MAP ``candidates`` count, and ``suspects``
+    (candidates and cells ``suspect_min_z`` standard errors from 0) for targeted re-reads."""
+
+    confirmed: CellSet
+    candidates: int
+    suspects: CellSet
+
+
+def stuck_test(
+    st: ColumnStats, gain0: NDArray[np.float64], fit_ok: NDArray[np.bool_], config: CharacterizationConfig
+) -> StuckTest:
+    """The MAP test of every cell, confirmed as described in the module docstring (two passes: the
+    second measures the noise of a column with its stuck cells removed)."""
+    mag_all = np.maximum(np.abs(gain0), 0.05)
+    prior = math.log((1.0 - config.stuck_prior) / config.stuck_prior)
+    # log LR > prior >= 0 needs |d| * mag > mag^2 / 2: only those cells can be candidates.
+    floor = 0.5 * mag_all if prior >= 0 else np.zeros_like(mag_all)
+    pr, pc = np.nonzero(np.abs(st.d_hat) > floor.astype(np.float32)[None, :])
+    keep = fit_ok[pc]
+    pr, pc = pr[keep].astype(np.int64), pc[keep].astype(np.int64)
+    dv = st.d_hat[pr, pc].astype(np.float64)
+    adv = np.abs(dv)
+    nm = st.noise_at(pr, pc)
+    mg = mag_all[pc]
+    lo, hi = config.stuck_mag_range
+    ratio = adv / mg
+    sd_z = np.sqrt(np.maximum(st.zz / st.cnt, 1e-12))
+    stuck = np.zeros(pr.size, bool)
+    cand = stuck
+    for _ in range(2):  # the second pass measures the noise with the stuck cells removed
+        s_d = nm * sd_z[pc]
+        log_lr = (adv * mg - 0.5 * mg**2) / np.maximum(s_d**2, 1e-12)
+        cand = log_lr > prior
+        stuck = cand & (adv >= config.stuck_min_z * s_d) & (ratio >= lo) & (ratio <= hi)
+        if not stuck.any():
+            break
+        sd_z = _noise_without(st, pr[stuck], pc[stuck], sd_z)
+    s_d = np.maximum(nm * sd_z[pc], 1e-12)
+    zstat = adv / s_d
+    values = np.where(dv >= 0, 1, -1).astype(np.int8)
+    confirmed = CellSet(pr[stuck], pc[stuck], values[stuck], zstat[stuck], adv[stuck])
+    sus = cand | (zstat >= config.suspect_min_z)
+    suspects = CellSet(pr[sus], pc[sus], values[sus], zstat[sus], adv[sus])
+    return StuckTest(confirmed, int(cand.sum()), suspects)
+
+
+def _noise_without(
+    st: ColumnStats, rows: NDArray[np.int64], cols: NDArray[np.int64], sd_z: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """``sd_z`` with the columns holding the stuck cells (rows, cols) re-measured without them."""
+    aff = np.unique(cols)
+    m, c_cnt = st.mask.sub(aff)
+    z_add = np.zeros((st.z.shape[0], aff.size), np.float32)
+    np.add.at(z_add.T, np.searchsorted(aff, cols), (st.dm.a[:, rows] * st.d_hat[rows, cols][None, :]).T)
+    out = sd_z.copy()
+    out[aff] = np.sqrt(np.maximum(_sumsq(_centred(st.z[:, aff] - z_add, m, c_cnt)) / c_cnt, 1e-12))
+    return out
+
+
+def reread_reads(sigma_mac: float, gain: float, config: CharacterizationConfig) -> int:
+    """Repeats of a suspect's row vector after which the re-read alone puts a healthy and a stuck cell
+    ``2 stuck_min_z`` standard errors apart (a stuck cell adds ``-u gain`` instead of ``u gain``:
+    ``2 gain`` apart against the read noise ``sigma_mac``)."""
+    k = math.ceil((config.stuck_min_z * sigma_mac / max(gain, 0.05)) ** 2)
+    return int(min(max(k, config.reread_min), config.reread_max))
+
+
+def confirm_by_rereads(
+    driver: Driver,
+    calls: RetryingCalls,
+    design: Design,
+    suspects: CellSet,
+    gain: NDArray[np.float64],
+    offset: NDArray[np.float64],
+    sigma_m: NDArray[np.float64],
+    config: CharacterizationConfig,
+) -> CellSet:
+    """Read every suspect's row alone (see the module docstring) and keep the cells whose contribution
+    has the sign of a stuck cell. ``gain``, ``offset`` (n_cols,) the fit, ``sigma_m`` (n_macros,) the
+    read noise (MAC). Expects -W written in every macro (the state :func:`measure` leaves)."""
+    g: ChipGeometry = driver.geometry()
+    p_ = g.phys_cols
+    if suspects.rows.size == 0:
+        return CellSet.empty()
+    macro, col = np.divmod(suspects.cols, p_)
+    w = design.weights[suspects.rows, col].astype(np.int8)
+    # Under -W (written now) a cell stuck at +w differs from a healthy one; stuck at -w needs W.
+    under_neg = suspects.values == w
+    out_rows: list[NDArray[np.int64]] = []
+    out_cols: list[NDArray[np.int64]] = []
+    out_vals: list[NDArray[np.int8]] = []
+    out_scores: list[NDArray[np.float64]] = []
+    out_sizes: list[NDArray[np.float64]] = []
+    for sign, group in ((-1, under_neg), (1, ~under_neg)):
+        if not group.any():
+            continue
+        macros = np.unique(macro[group])
+        pattern = (sign * design.weights).astype(np.int8)
+        restore = partial(driver.write_macros, [int(m) for m in macros], pattern)
+        if sign == 1:
+            calls.call(restore)
+        for m in macros:
+            sel = np.flatnonzero(group & (macro == m))
+            rows_m = np.unique(suspects.rows[sel])
+            live_g = np.abs(gain[int(m) * p_ : (int(m) + 1) * p_])
+            g_ref = float(np.median(live_g[live_g > 0])) if (live_g > 0).any() else 1.0
+            k = reread_reads(float(sigma_m[m]), g_ref, config)
+            x = np.zeros((rows_m.size * k, g.rows), np.uint8)
+            x[np.arange(x.shape[0]), np.repeat(rows_m, k)] = 1
+            codes = calls.call(partial(driver.read_macro, int(m), x), restore=restore)
+            mean = codes.reshape(rows_m.size, k, p_).astype(np.float64).mean(axis=1) * g.adc_lsb_mac
+            ri = np.searchsorted(rows_m, suspects.rows[sel])
+            c = col[sel]
+            flat = suspects.cols[sel]
+            u = sign * w[sel].astype(np.float64)  # the weight written in the cell now
+            mag = np.maximum(np.abs(gain[flat]), 0.05)
+            # Stuck-ness in MAC, 0 for a healthy cell and ``mag`` for a stuck one, from the re-read
+            # (a healthy cell adds u * gain, a stuck one -u * gain) and from the short pass, combined
+            # by their precision.
+            s_r = 0.5 * (mag - (mean[ri, c] - offset[flat]) * u)
+            se_r = 0.5 * max(float(sigma_m[m]), 1e-3) / math.sqrt(k)
+            se_s = suspects.sizes[sel] / np.maximum(suspects.scores[sel], 1e-9)
+            w_s, w_r = 1.0 / np.maximum(se_s, 1e-9) ** 2, 1.0 / se_r**2
+            s_c = (suspects.sizes[sel] * w_s + s_r * w_r) / (w_s + w_r)
+            z_c = s_c * np.sqrt(w_s + w_r)
+            is_stuck = (s_c >= 0.5 * mag) & (z_c >= config.stuck_min_z)
+            out_rows.append(suspects.rows[sel][is_stuck])
+            out_cols.append(flat[is_stuck])
+            out_vals.append((-u[is_stuck]).astype(np.int8))
+            out_scores.append(z_c[is_stuck])
+            out_sizes.append(s_c[is_stuck])
+    order_rows = np.concatenate(out_rows) if out_rows else np.zeros(0, np.int64)
+    return CellSet(
+        order_rows.astype(np.int64),
+        np.concatenate(out_cols).astype(np.int64),
+        np.concatenate(out_vals).astype(np.int8),
+        np.concatenate(out_scores).astype(np.float64),
+        np.concatenate(out_sizes).astype(np.float64),
+    )
