@@ -108,7 +108,10 @@ def test_rereads_of_the_suspects_complete_the_stuck_map_at_a_small_cost(make_dri
         truth = oracle_die_truth(drv.fleet.config, ADDRESS)
         true = truth.stuck_mask & ~truth.dead_cols[:, None, :]
         short = characterize(drv, budget=SMALL_BUDGET // 2, config=CharacterizationConfig(reread_stuck=False))
-        full = characterize(drv, budget=SMALL_BUDGET // 2)
+        # 20 times the default stuck rate: the re-reads may take as many vectors as the short pass.
+        full = characterize(drv, budget=SMALL_BUDGET // 2, config=CharacterizationConfig(reread_fraction=1.0))
+        capped = characterize(drv, budget=SMALL_BUDGET // 2)
+        assert capped.read_vectors <= 1.25 * SMALL_BUDGET // 2 < full.read_vectors
         for res, count in ((short, "short"), (full, "reread")):
             found = np.zeros_like(true)
             sig = res.signature
@@ -127,7 +130,7 @@ def test_rereads_of_the_suspects_complete_the_stuck_map_at_a_small_cost(make_dri
         assert full.signature.meta["stuck"]["method"] == "reread"
     assert n_true > 60 and fp == 0
     assert n_reread >= 0.9 * n_true and n_reread >= n_short + 0.1 * n_true
-    assert extra_vectors / 3 < SMALL_BUDGET // 2  # at 20 times the default stuck rate
+    assert extra_vectors / 3 <= SMALL_BUDGET // 2
     assert extra_s / 3 < 0.01
 
 

@@ -162,12 +162,12 @@ def characterize(
     calls = RetryingCalls(driver, ident.address, attempts=config.attempts)
     y_pos, y_neg = measure(driver, design, config, calls)
     t0, c0_cpu = time.perf_counter(), time.thread_time()
-    df = fit_die(g, design, dm, y_pos, y_neg, config)
+    df = fit_die(g, design, dm, y_pos, y_neg, config, resolve_cells=not config.reread_stuck)
     compute_s, cpu_s = time.perf_counter() - t0, time.thread_time() - c0_cpu
     if config.reread_stuck:
         suspects = df.test.suspects
         stuck = confirm_by_rereads(
-            driver, calls, design, suspects, df.fit.gain, df.fit.offset, df.sigma_m, config
+            driver, calls, design, suspects, df.fit.gain, df.fit.offset, df.sigma_m, config, budget
         )
         t1, c1_cpu = time.perf_counter(), time.thread_time()
         df = refit_stuck(df, stuck, config)

@@ -6,8 +6,11 @@ from dataclasses import dataclass
 
 from app.calibration.transient import DEFAULT_ATTEMPTS
 
-DEFAULT_BUDGET = 131_072
-"""Default read vectors per die (2,048 per macro and pattern on the default 32-macro geometry)."""
+DEFAULT_BUDGET = 16_384
+"""Default read vectors per die of the short pass (256 per macro and pattern on the default 32-macro
+geometry): gain and offset are pinned well below the read noise by then, and more reads change no
+accuracy beyond the run-to-run noise (the curve in docs/calibration.md, "Tester time", and the
+budget sweep of docs/quality.md); stuck cells the short pass only suspects are read again."""
 
 MIN_VECTORS_PER_PATTERN = 16
 
@@ -43,6 +46,8 @@ class CharacterizationConfig:
     suspect_min_z   : a cell this many standard errors from 0 on the short pass is a suspect (as is
                       every MAP candidate)
     reread_min, reread_max : bounds on the repeats of a suspect's row vector
+    reread_fraction : the re-reads add at most this fraction of the budget in read vectors (the
+                      strongest suspects first)
     design_seed     : seed of the production design (the same test patterns for every die)
     """
 
@@ -66,6 +71,7 @@ class CharacterizationConfig:
     suspect_min_z: float = 3.5
     reread_min: int = 8
     reread_max: int = 128
+    reread_fraction: float = 0.25
     design_seed: int = 2022
 
 

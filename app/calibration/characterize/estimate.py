@@ -50,8 +50,11 @@ def fit_die(
     y_pos: NDArray[np.int16],
     y_neg: NDArray[np.int16],
     config: CharacterizationConfig,
+    *,
+    resolve_cells: bool = True,
 ) -> DieFit:
-    """Fit the die from the codes of both patterns, ``(n, n_macros, phys_cols)`` int16 each."""
+    """Fit the die from the codes of both patterns, ``(n, n_macros, phys_cols)`` int16 each.
+    ``resolve_cells`` False leaves the per-cell errors to :func:`refit_stuck` (they cost a solve)."""
     g = geometry
     m_, p_ = g.n_macros, g.phys_cols
     lsb = g.adc_lsb_mac
@@ -79,14 +82,14 @@ def fit_die(
     unusable: dict[str, NDArray[np.bool_]] = {}
     fit_live = live.copy()
 
-    def fit_columns(cols: NDArray[np.bool_]) -> tuple[LinearFit, StuckTest]:
+    def fit_columns(cols: NDArray[np.bool_], cells: bool | str = False) -> tuple[LinearFit, StuckTest]:
         fit_ok = cols & (stats.var_s > 1e-6)
         test = stuck_test(stats, stats.gain0(fit_ok), fit_ok, config)
         fit = finalize(
             stats,
             cols,
             test.confirmed.astuple(),
-            cells=config.cells,
+            cells=cells,
             min_cell_r2=config.min_cell_r2,
             candidates=test.candidates,
         )
@@ -102,6 +105,8 @@ def fit_die(
         fit_live = fit_live & ~np.logical_or.reduce(list(found.values()))
     else:
         fit, test = fit_columns(fit_live)
+    if resolve_cells and config.cells is not False:
+        fit, test = fit_columns(fit_live, config.cells)
     bad = live & ~fit_live
     if bad.any():
         # An unusable bit line is recorded as dead, returning its most frequent code.

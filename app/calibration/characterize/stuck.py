@@ -12,10 +12,10 @@ cells cancel) as ``value * magnitude`` on its row: the matched filter ``d_hat`` 
   ``suspect_min_z`` standard errors from 0) is read again with a vector that drives its row alone,
   under the pattern in which a cell stuck at the suspected value differs from a healthy one. A
   healthy cell then adds ``u * gain`` to its column (``u`` the written weight), a stuck one
-  ``-u * gain``. The re-read and the short pass are combined by their precision; a cell is stuck
-  when the combined estimate is nearer a stuck cell's than a healthy one's and ``stuck_min_z``
-  standard errors from 0. With enough repeats (:func:`reread_reads`) the re-read alone decides, so
-  the defect map stays complete with a short pass.
+  ``-u * gain``. The re-read alone decides (the short pass chose the suspects, so its statistic is
+  biased on them): a cell is stuck when its measured contribution is nearer a stuck cell's than a
+  healthy one's and ``stuck_min_z`` standard errors from a healthy one's. With enough repeats
+  (:func:`reread_reads`) that holds for every stuck suspect, so the map stays complete.
 """
 
 from __future__ import annotations
@@ -51,6 +51,11 @@ class CellSet:
     def empty(cls) -> CellSet:
         e = np.zeros(0, np.int64)
         return cls(e, e, np.zeros(0, np.int8), np.zeros(0), np.zeros(0))
+
+    def subset(self, keep: NDArray[np.bool_]) -> CellSet:
+        return CellSet(
+            self.rows[keep], self.cols[keep], self.values[keep], self.scores[keep], self.sizes[keep]
+        )
 
     def astuple(
         self,
@@ -119,6 +124,12 @@ def _noise_without(
     return out
 
 
+def _gain_ref(gain: NDArray[np.float64], macro: int, p_: int) -> float:
+    """The median gain of a macro's live bit lines (1 when none is live)."""
+    g = np.abs(gain[macro * p_ : (macro + 1) * p_])
+    return float(np.median(g[g > 0])) if (g > 0).any() else 1.0
+
+
 def reread_reads(sigma_mac: float, gain: float, config: CharacterizationConfig) -> int:
     """Repeats of a suspect's row vector after which the re-read alone puts a healthy and a stuck cell
     ``2 stuck_min_z`` standard errors apart (a stuck cell adds ``-u gain`` instead of ``u gain``:
@@ -136,15 +147,32 @@ def confirm_by_rereads(
     offset: NDArray[np.float64],
     sigma_m: NDArray[np.float64],
     config: CharacterizationConfig,
+    budget: int,
 ) -> CellSet:
     """Read every suspect's row alone (see the module docstring) and keep the cells whose contribution
     has the sign of a stuck cell. ``gain``, ``offset`` (n_cols,) the fit, ``sigma_m`` (n_macros,) the
-    read noise (MAC). Expects -W written in every macro (the state :func:`measure` leaves)."""
+    read noise (MAC); ``budget`` the short pass's read vectors (the re-reads add at most
+    ``config.reread_fraction`` of it). Expects -W written in every macro (as :func:`measure` leaves it)."""
     g: ChipGeometry = driver.geometry()
     p_ = g.phys_cols
     if suspects.rows.size == 0:
         return CellSet.empty()
     macro, col = np.divmod(suspects.cols, p_)
+    k_m = np.array(
+        [reread_reads(float(sigma_m[m]), _gain_ref(gain, m, p_), config) for m in range(g.n_macros)]
+    )
+    # Bounded tester time: the strongest suspects first, until the re-reads reach their share of the
+    # short pass's vectors (a row read once serves every suspect on it).
+    order = np.argsort(-suspects.scores, kind="stable")
+    key = macro[order] * g.rows + suspects.rows[order]
+    first = np.zeros(order.size, bool)
+    first[np.unique(key, return_index=True)[1]] = True
+    cost = np.cumsum(np.where(first, k_m[macro[order]], 0))
+    keep = np.zeros(order.size, bool)
+    keep[order[cost <= max(config.reread_fraction * budget, k_m.max())]] = True
+    if not keep.all():
+        suspects = suspects.subset(keep)
+        macro, col = macro[keep], col[keep]
     w = design.weights[suspects.rows, col].astype(np.int8)
     # Under -W (written now) a cell stuck at +w differs from a healthy one; stuck at -w needs W.
     under_neg = suspects.values == w
@@ -164,9 +192,7 @@ def confirm_by_rereads(
         for m in macros:
             sel = np.flatnonzero(group & (macro == m))
             rows_m = np.unique(suspects.rows[sel])
-            live_g = np.abs(gain[int(m) * p_ : (int(m) + 1) * p_])
-            g_ref = float(np.median(live_g[live_g > 0])) if (live_g > 0).any() else 1.0
-            k = reread_reads(float(sigma_m[m]), g_ref, config)
+            k = int(k_m[m])
             x = np.zeros((rows_m.size * k, g.rows), np.uint8)
             x[np.arange(x.shape[0]), np.repeat(rows_m, k)] = 1
             codes = calls.call(partial(driver.read_macro, int(m), x), restore=restore)
@@ -176,21 +202,18 @@ def confirm_by_rereads(
             flat = suspects.cols[sel]
             u = sign * w[sel].astype(np.float64)  # the weight written in the cell now
             mag = np.maximum(np.abs(gain[flat]), 0.05)
-            # Stuck-ness in MAC, 0 for a healthy cell and ``mag`` for a stuck one, from the re-read
-            # (a healthy cell adds u * gain, a stuck one -u * gain) and from the short pass, combined
-            # by their precision.
+            # Stuck-ness in MAC: 0 for a healthy cell (it adds u * gain), ``mag`` for a stuck one (it
+            # adds -u * gain). The re-read alone decides: the short pass chose the suspects, so its
+            # statistic is biased upwards on them.
             s_r = 0.5 * (mag - (mean[ri, c] - offset[flat]) * u)
             se_r = 0.5 * max(float(sigma_m[m]), 1e-3) / math.sqrt(k)
-            se_s = suspects.sizes[sel] / np.maximum(suspects.scores[sel], 1e-9)
-            w_s, w_r = 1.0 / np.maximum(se_s, 1e-9) ** 2, 1.0 / se_r**2
-            s_c = (suspects.sizes[sel] * w_s + s_r * w_r) / (w_s + w_r)
-            z_c = s_c * np.sqrt(w_s + w_r)
-            is_stuck = (s_c >= 0.5 * mag) & (z_c >= config.stuck_min_z)
+            z_r = s_r / se_r
+            is_stuck = (s_r >= 0.5 * mag) & (z_r >= config.stuck_min_z)
             out_rows.append(suspects.rows[sel][is_stuck])
             out_cols.append(flat[is_stuck])
             out_vals.append((-u[is_stuck]).astype(np.int8))
-            out_scores.append(z_c[is_stuck])
-            out_sizes.append(s_c[is_stuck])
+            out_scores.append(z_r[is_stuck])
+            out_sizes.append(s_r[is_stuck])
     order_rows = np.concatenate(out_rows) if out_rows else np.zeros(0, np.int64)
     return CellSet(
         order_rows.astype(np.int64),
