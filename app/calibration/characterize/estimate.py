@@ -62,11 +62,6 @@ def fit_die(
     # Codes outside the ADC range (a misbehaving driver) read as the nearest rail: censored below.
     cp = np.clip(y_pos.reshape(n, m_ * p_), g.code_min, g.code_max).astype(np.int16)
     cn = np.clip(y_neg.reshape(n, m_ * p_), g.code_min, g.code_max).astype(np.int16)
-    yp = cp.astype(np.float32)
-    yn = cn.astype(np.float32)
-    if lsb != 1.0:
-        yp *= np.float32(lsb)
-        yn *= np.float32(lsb)
 
     # Dead bit lines: a code that never moves although the ideal sums sweep the ADC range.
     dead = (np.ptp(cp, axis=0) == 0) & (np.ptp(cn, axis=0) == 0) & (cp[0] == cn[0])
@@ -75,7 +70,7 @@ def fit_die(
 
     # Codes on the ADC rails are censored: they are left out of every statistic of their column.
     valid = (cp > g.code_min) & (cp < g.code_max) & (cn > g.code_min) & (cn < g.code_max)
-    stats = column_statistics(dm, yp, yn, valid)
+    stats = column_statistics(dm, cp, cn, valid, lsb)
     # Degenerate bit lines (no response, inverted, saturated, singular, erratic) are found after a fit
     # and the die is fitted again without them, so they bias neither the die's statistics nor anything
     # else; they end up in the signature as dead bit lines, with their reason in the meta data.

@@ -69,7 +69,7 @@ def _sumsq(x: NDArray[np.float32]) -> NDArray[np.float64]:
 class ColumnStats:
     """One pass over a die's codes: per-column sums and the stuck-cell statistic (all columns stacked).
 
-    h, z        : (n, n_cols) float32 half difference / half sum of the codes (MAC) of W and -W
+    h, z_c      : (n, n_cols) float32 half difference / centred half sum of the codes (MAC) of W and -W
     cnt         : (n_cols,) valid reads; s_c (n, n_cols) centred masked ideal sums; var_s their variance
     s_hz        : (n_cols,) sum of s_c * h; hh (n_cols,) sum of squares of h centred
     z_mean, zz  : (n_cols,) mean of z and sum of squares of z centred (valid reads)
@@ -80,7 +80,7 @@ class ColumnStats:
     dm: DesignMatrices
     mask: _Mask
     h: NDArray[np.float32]
-    z: NDArray[np.float32]
+    z_c: NDArray[np.float32]
     s_c: NDArray[np.float32]
     var_s: NDArray[np.float64]
     s_hz: NDArray[np.float64]
@@ -95,6 +95,10 @@ class ColumnStats:
     @property
     def cnt(self) -> NDArray[np.float64]:
         return self.mask.cnt
+
+    def z(self, cols: NDArray[np.int64]) -> NDArray[np.float32]:
+        """The half sums of the columns ``cols`` (n, len(cols)) (censored reads hold the mean)."""
+        return self.z_c[:, cols] + self.z_mean[cols].astype(np.float32)
 
     def noise_at(self, rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.float64]:
         """1 / sqrt(energy) at the cells (rows, cols): the standard error of ``d_hat`` per unit noise."""
@@ -113,28 +117,38 @@ class ColumnStats:
 
 
 def column_statistics(
-    dm: DesignMatrices, yp: NDArray[np.float32], yn: NDArray[np.float32], valid: NDArray[np.bool_]
+    dm: DesignMatrices,
+    cp: NDArray[np.int16],
+    cn: NDArray[np.int16],
+    valid: NDArray[np.bool_],
+    lsb: float = 1.0,
 ) -> ColumnStats:
-    """The per-column sums of a die's codes ``yp``, ``yn`` (n, n_cols) MAC under W and -W; ``valid``
-    (n, n_cols) False where either code sat on an ADC rail (censored: left out of every statistic)."""
+    """The per-column sums of a die's codes ``cp``, ``cn`` (n, n_cols) int16 under W and -W (``lsb``
+    MAC per code); ``valid`` (n, n_cols) False where either code sat on an ADC rail (censored: left out
+    of every statistic)."""
     mk = _Mask(valid)
     cnt = mk.cnt
-    h = (yp - yn) * np.float32(0.5)
-    z = (yp + yn) * np.float32(0.5)
+    half = np.float32(0.5 * lsb)
+    h = (cp - cn).astype(np.float32)  # codes are within +-2^11: no int16 overflow
+    h *= half
+    z_c = (cp + cn).astype(np.float32)
+    z_c *= half
     cols = mk.cols
     s_c, var_s = dm.s_c, dm.var_s
-    z_mean = z.sum(axis=0, dtype=np.float64) / cnt
+    z_mean = z_c.sum(axis=0, dtype=np.float64) / cnt
     h_mean = h.sum(axis=0, dtype=np.float64) / cnt
-    z_c = z - z_mean.astype(np.float32)
     if mk.any_censored:
         m = mk.m
         s_c = s_c.copy()
         s_c[:, cols] = _centred(dm.s_ideal[:, cols], m, cnt[cols])
         var_s = var_s.copy()
         var_s[cols] = _sumsq(s_c[:, cols]) / cnt[cols]
-        z_mean[cols] = (z[:, cols] * m).sum(axis=0, dtype=np.float64) / cnt[cols]
+        z_mean[cols] = (z_c[:, cols] * m).sum(axis=0, dtype=np.float64) / cnt[cols]
         h_mean[cols] = (h[:, cols] * m).sum(axis=0, dtype=np.float64) / cnt[cols]
-        z_c[:, cols] = (z[:, cols] - z_mean[cols].astype(np.float32)) * m
+        zc_cens = (z_c[:, cols] - z_mean[cols].astype(np.float32)) * m
+    z_c -= z_mean.astype(np.float32)
+    if mk.any_censored:
+        z_c[:, cols] = zc_cens
     s_hz = np.einsum("ij,ij->j", s_c, h, dtype=np.float64)  # s_c is centred and masked
     hh = _sumsq(h) - cnt * h_mean**2
     if mk.any_censored:
@@ -143,17 +157,19 @@ def column_statistics(
     zz = _sumsq(z_c)
     # Stuck cells: a matched filter on z (healthy cells cancel in z; a stuck cell adds its value).
     raw = dm.ac.T @ z_c  # (rows, n_cols)
-    d_hat = raw * (1.0 / dm.row_energy).astype(np.float32)[:, None]
+    cens_raw = raw[:, cols] if mk.any_censored else raw[:, :0]
+    d_hat = raw
+    d_hat *= (1.0 / dm.row_energy).astype(np.float32)[:, None]
     noise_row = 1.0 / np.sqrt(dm.row_energy)
     cens_index = np.full(cnt.size, -1, np.int64)
     noise_cens = np.zeros((dm.a.shape[1], cols.size))
     if mk.any_censored:
         energy = np.clip((dm.ac**2).T @ mk.m, 1e-9, None).astype(np.float64)
-        d_hat[:, cols] = raw[:, cols] / energy.astype(np.float32)
+        d_hat[:, cols] = cens_raw / energy.astype(np.float32)
         noise_cens = 1.0 / np.sqrt(energy)
         cens_index[cols] = np.arange(cols.size)
     return ColumnStats(
-        dm, mk, h, z, s_c, var_s, s_hz, hh, z_mean, zz, d_hat, noise_row, noise_cens, cens_index
+        dm, mk, h, z_c, s_c, var_s, s_hz, hh, z_mean, zz, d_hat, noise_row, noise_cens, cens_index
     )
 
 
@@ -223,8 +239,9 @@ def finalize(
         h_add = np.zeros_like(z_add)
         np.add.at(z_add.T, pos, (a_rows * st.d_hat[rows, cols][None, :]).T)
         np.add.at(h_add.T, pos, (a_rows * (dm.w_all[rows, cols] * gain0[cols].astype(np.float32))[None, :]).T)
-        z_clean = _centred(st.z[:, aff] - z_add, m, c_cnt)
-        offset[aff] = _mean(st.z[:, aff] - z_add, m, c_cnt)
+        z_aff = st.z(aff) - z_add
+        z_clean = _centred(z_aff, m, c_cnt)
+        offset[aff] = _mean(z_aff, m, c_cnt)
         col_var_z[aff] = _sumsq(z_clean) / c_cnt
         h_fix_aff = st.h[:, aff] + h_add
         s_c = st.s_c[:, aff]

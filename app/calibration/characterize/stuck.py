@@ -117,10 +117,10 @@ def _noise_without(
     """``sd_z`` with the columns holding the stuck cells (rows, cols) re-measured without them."""
     aff = np.unique(cols)
     m, c_cnt = st.mask.sub(aff)
-    z_add = np.zeros((st.z.shape[0], aff.size), np.float32)
+    z_add = np.zeros((st.z_c.shape[0], aff.size), np.float32)
     np.add.at(z_add.T, np.searchsorted(aff, cols), (st.dm.a[:, rows] * st.d_hat[rows, cols][None, :]).T)
     out = sd_z.copy()
-    out[aff] = np.sqrt(np.maximum(_sumsq(_centred(st.z[:, aff] - z_add, m, c_cnt)) / c_cnt, 1e-12))
+    out[aff] = np.sqrt(np.maximum(_sumsq(_centred(st.z(aff) - z_add, m, c_cnt)) / c_cnt, 1e-12))
     return out
 
 
