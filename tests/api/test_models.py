@@ -71,9 +71,7 @@ def test_multipart_upload_then_read_back(
         assert s.scalars(select(Model.blob).where(Model.version == "1.0.0")).one() == data
         assert (
             s.scalars(
-                select(AuditEvent.target).where(
-                    AuditEvent.action == "model.upload", AuditEvent.actor != "startup"
-                )
+                select(AuditEvent.target).where(AuditEvent.action == "model.upload", AuditEvent.actor != "startup")
             ).one()
             == "kws-bnn@1.0.0"
         )
