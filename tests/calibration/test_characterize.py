@@ -179,3 +179,16 @@ def test_adc_edges_are_estimated_on_request(make_driver: Make) -> None:
     assert np.corrcoef(est, true)[0, 1] > 0.5
     assert np.abs(est - true).mean() < np.abs(true).mean()
     assert characterize(drv, budget=SMALL_BUDGET, rng=3).signature.edge_offset_lsb is None
+
+
+def test_reads_split_into_small_calls_measure_the_same_signature(make_driver: Make) -> None:
+    """Short pass and re-reads both honour max_vectors_per_call; the die's noise stream is the same."""
+    whole = characterize(make_driver(1.5, stuck_cell_rate=4e-3, noise_seed=2), budget=SMALL_BUDGET)
+    split = characterize(
+        make_driver(1.5, stuck_cell_rate=4e-3, noise_seed=2),
+        budget=SMALL_BUDGET,
+        config=CharacterizationConfig(max_vectors_per_call=16),
+    )
+    assert whole.signature.meta["stuck"]["method"] == "reread" and whole.signature.n_stuck_cells > 0
+    assert split.signature.to_bytes() == whole.signature.to_bytes()
+    assert split.read_vectors == whole.read_vectors and split.reads > whole.reads

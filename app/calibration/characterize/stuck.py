@@ -195,7 +195,13 @@ def confirm_by_rereads(
             k = int(k_m[m])
             x = np.zeros((rows_m.size * k, g.rows), np.uint8)
             x[np.arange(x.shape[0]), np.repeat(rows_m, k)] = 1
-            codes = calls.call(partial(driver.read_macro, int(m), x), restore=restore)
+            step = max(1, config.max_vectors_per_call)
+            codes = np.concatenate(
+                [
+                    calls.call(partial(driver.read_macro, int(m), x[i : i + step]), restore=restore)
+                    for i in range(0, x.shape[0], step)
+                ]
+            )
             mean = codes.reshape(rows_m.size, k, p_).astype(np.float64).mean(axis=1) * g.adc_lsb_mac
             ri = np.searchsorted(rows_m, suspects.rows[sel])
             c = col[sel]
