@@ -312,7 +312,7 @@ def _train_reference(commands: Subcommands) -> None:
     p.set_defaults(run=_run_train_reference)
 
 
-BENCHMARKS = ("quality", "hal", "api", "throughput")
+BENCHMARKS = ("quality", "hal", "api", "throughput", "priors", "exports")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -332,7 +332,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 @subcommand
 def _bench(commands: Subcommands) -> None:
     p = commands.add_parser(
-        "bench", help="benchmarks: quality, hal, api, throughput (options after the name; --help for each)"
+        "bench", help="benchmarks: " + ", ".join(BENCHMARKS) + " (options after the name; --help for each)"
     )
     p.add_argument("name", choices=BENCHMARKS)
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")

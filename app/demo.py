@@ -199,17 +199,25 @@ def _s(v: float | None) -> str:
 
 def summary(r: DemoResult) -> str:
     rep, p = r.report, r.progress
+    y = rep.yields
     lines = [
         "",
         f"Lot {r.lot_id}: {rep.n_dies} dies on {len(rep.wafers)} wafers, model {r.model}, job {r.job_id} "
         f"{p.job.state}",
         f"  characterized {rep.n_characterized}, functionally tested {rep.n_tested}, passed {rep.n_passed}"
         f"  -> yield {_pct(rep.yield_pct)}",
-        "",
-        "Yield by soft bin:",
     ]
+    if y is not None:
+        lines += [
+            f"  first-pass yield {_pct(y.first_pass_yield_pct)} ({y.n_first_passed} of {y.n_first_tested}), "
+            f"final yield {_pct(y.yield_pct)} ({y.n_passed} of {y.n_tested})",
+            f"  retested {y.n_retested} dies; tester alarms {y.n_alarms} on {y.n_alarmed} dies, "
+            f"{y.n_retest_pending} waiting for a retest (alarms are not verdicts: not in yield nor accuracy)",
+        ]
+    lines += ["", "Yield by soft bin:"]
+    n_binned = sum(b.count for b in rep.pareto)
     for b in rep.pareto:
-        share = 100.0 * b.count / rep.n_tested if rep.n_tested else 0.0
+        share = 100.0 * b.count / n_binned if n_binned else 0.0
         lines.append(f"  bin {b.soft_bin:>3}  {b.name:<24} {b.count:>6}  {share:5.1f} %")
     before, after = rep.accuracy_before_stats, rep.accuracy_after_stats
     lines += [

@@ -34,7 +34,7 @@ import numpy as np
 from app.calibration.characterize import DEFAULT_BUDGET, CharacterizationConfig, characterize
 from hardware.driver import DieAddress
 from hardware.sim.driver import SimulatedDriver
-from hardware.sim.oracle import oracle_die_truth
+from hardware.sim.oracle import oracle_die_truth, oracle_fleet_config
 
 FLEET_SEED = 2022
 PREVIOUS_BUDGET = 131_072
@@ -108,7 +108,7 @@ def _die_record(
     drv, addr = _driver(scale, seed, die)
     res = characterize(drv, budget=setting.budget, config=setting.config)
     sig = res.signature
-    truth = oracle_die_truth(drv.fleet.config, addr)  # ORACLE: evaluation only
+    truth = oracle_die_truth(oracle_fleet_config(drv), addr)  # ORACLE: evaluation only
     true = truth.stuck_mask & ~truth.dead_cols[:, None, :] & ~sig.dead_cols[:, None, :]
     found = np.zeros_like(true)
     found[sig.stuck.macro, sig.stuck.row, sig.stuck.col] = True

@@ -1,7 +1,7 @@
 """ORACLE: signatures read from the simulator's hidden ground truth. Benchmarks and tests only.
 
-Nothing that serves a chip imports this module (tests/test_layering.py keeps ``app`` from importing
-the simulator's truth). It gives the upper bound of the compensation algorithm: the same
+Nothing that serves a chip imports this module (the import-linter contracts in pyproject.toml keep
+``app`` from importing ``bench`` and ``hardware.sim``). It gives the upper bound of the compensation algorithm: the same
 :func:`app.calibration.compensate.compensate_image` fed with a perfect signature.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 from app.calibration.signature import Signature, StuckCells
 from hardware.driver import DieAddress, Driver
 from hardware.sim.driver import FleetConfig, SimulatedDriver
-from hardware.sim.oracle import oracle_die_truth
+from hardware.sim.oracle import oracle_die_truth, oracle_fleet_config
 
 
 def oracle_signature(config: FleetConfig, address: DieAddress) -> Signature:
@@ -57,7 +57,7 @@ def oracle_for(driver: Driver) -> OracleSignature | None:
     the benchmark then reports no ORACLE column.
     """
     if isinstance(driver, SimulatedDriver):
-        config = driver.fleet.config
+        config = oracle_fleet_config(driver)
         return lambda address: oracle_signature(config, address)
     offered = getattr(driver, "oracle_signature", None)
     return offered if callable(offered) else None

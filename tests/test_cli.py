@@ -22,3 +22,9 @@ def test_data_and_train_commands_parse() -> None:
     assert args.clips_per_class == 3 and args.force
     args = build_parser().parse_args(["train-reference", "--out", "/tmp/x", "--seed", "2"])
     assert str(args.out) == "/tmp/x" and args.seed == 2
+
+
+def test_bench_exports_encodes_a_small_lot(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "exports", "--wafers", "1", "--dies-per-wafer", "20", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert '"dies": 20' in out and '"stdf_records"' in out

@@ -250,25 +250,40 @@ class Image(Base):
 
 
 class TestResult(Base):
-    """Functional test of a die with one model: accuracy and the bins it earned, on which tester
-    (``provenance_id``; NULL for an alarm bin given without a measurement) and with how many driver
-    calls repeated after a transient error (``retries``)."""
+    """One record of a die's functional test with one model: what happened, never an invented value.
+
+    * measured: ``accuracy`` and ``test_time_s`` are the measurement; ``image_id`` NULL ran the
+      uncompensated network (accuracy *before* calibration), else the die's weight image (*after*);
+    * not measured (``accuracy`` and ``test_time_s`` NULL, ``reason`` and ``alarm_code`` say why):
+      a tester alarm (soft bin 0: "retest", not a die verdict) or a die fault (its failing bin);
+      ``step`` names the job step that could not complete.
+
+    ``provenance_id``: the tester and site that ran it (NULL when not known); ``retries``: driver calls
+    repeated after a transient error. A row written by a batch job names its job item and the item's
+    attempt (``job_item_id``, ``attempt``): one record per (job item, attempt), whatever crashes
+    and redeliveries happen (``uq_test_result_job_item_id_attempt``)."""
 
     __tablename__ = "test_result"
     __test__ = False  # not a pytest class
+    __table_args__ = (UniqueConstraint("job_item_id", "attempt"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     die_id: Mapped[int] = mapped_column(ForeignKey("die.id", ondelete="CASCADE"), index=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("model.id"))
     image_id: Mapped[int | None] = mapped_column(ForeignKey("image.id"))
-    accuracy: Mapped[float]
+    accuracy: Mapped[float | None]
     hard_bin: Mapped[int]
     soft_bin: Mapped[int]
-    test_time_s: Mapped[float]
+    test_time_s: Mapped[float | None]
     # Why a die got an alarm or failing bin without a measurement (None for a measured result).
     reason: Mapped[str | None] = mapped_column(Text)
+    # The error code of an alarm or die fault (e.g. "hardware_timeout", "die_fault") and its step.
+    alarm_code: Mapped[str | None] = mapped_column(String(64))
+    step: Mapped[str | None] = mapped_column(String(32))
     retries: Mapped[int] = mapped_column(default=0, server_default="0")
     provenance_id: Mapped[int | None] = mapped_column(ForeignKey("provenance.id"))
+    job_item_id: Mapped[int | None] = mapped_column(ForeignKey("job_item.id", ondelete="SET NULL"))
+    attempt: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
     provenance: Mapped[Provenance | None] = relationship()

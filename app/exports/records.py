@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+ALARM_BIN = 0
+"""The soft and hard bin of a tester alarm: "retest", not a die verdict (docs/domain.md section 4)."""
+
 
 @dataclass(frozen=True)
 class BinInfo:
@@ -49,8 +52,10 @@ class PartResult:
     """One tested die as an STDF part.
 
     ``results`` holds ``(test number, value)`` pairs in execution order; a test with no value for this
-    die is simply absent. ``test_time_ms`` is the tester time charged to the die; ``site`` the STDF
-    site number (1-255) that tested it.
+    die (not run, or nothing measured) is simply absent. ``test_time_ms`` is the tester time charged
+    to the die (0: not known); ``site`` the STDF site number (1-255) that tested it.
+    ``abnormal_end``: testing ended in a tester alarm (bin 0) without a verdict; ``passed`` is then
+    meaningless and the PRR says so.
     """
 
     ecid: str
@@ -63,17 +68,22 @@ class PartResult:
     results: tuple[tuple[int, float], ...] = ()
     text: str = ""
     site: int = 1
+    abnormal_end: bool = False
 
 
 @dataclass(frozen=True)
 class WaferResult:
-    """One wafer of a lot with its tested parts (in test order)."""
+    """One wafer of a lot with its tested parts (in test order), one part per die: its final verdict,
+    or its alarm when it has none. ``retested``: parts tested more than once; ``aborts``: tester
+    alarms during testing (every alarm event, also those later retested to a verdict)."""
 
     number: int
     wafer_id: str
     started_at: datetime
     finished_at: datetime
     parts: tuple[PartResult, ...]
+    retested: int = 0
+    aborts: int = 0
 
 
 @dataclass(frozen=True)
@@ -167,11 +177,20 @@ class DieRow:
     ``model`` (``name@version``) is the model the row's results are for, on every row of a report of
     that model, tested or not (``None`` only when the lot has no test at all). ``accuracy_before`` /
     ``accuracy_after`` are fractions (0..1) of the model's validation set classified correctly by the
-    die running the uncompensated model / its die-specific (calibrated) weight image. Bins and test time
-    come from the die's latest calibrated functional test with the model (or, failing that, its latest
-    test with the model); every field of a step the die has not been through is ``None``. The signature
-    figures are the die's, whatever the model. ``site`` is the station's test-site index that ran the
-    final test (``None``: not recorded); ``retries`` the driver calls repeated while characterizing.
+    die running the uncompensated model / its die-specific (calibrated) weight image, as measured:
+    ``None`` when not measured (an alarm or a die fault measures nothing). Bins, ``passed``, test time,
+    ``tested_at`` and ``site`` are the die's *final verdict*: its latest calibrated (or die-fault)
+    result with the model, or, failing that, its latest result before calibration. A die whose only
+    results are tester alarms has no verdict: soft and hard bin 0 (:data:`ALARM_BIN`, "retest"),
+    ``passed`` ``None``, no test time, ``tested_at`` / ``site`` / ``alarm_code`` / ``reason`` of its
+    latest alarm. Every field of a step the die has not been through is ``None``. The signature
+    figures are the die's, whatever the model; ``retries`` the driver calls repeated while
+    characterizing.
+
+    Test history with the model: ``n_tests`` counts the die's test events (verdicts and alarms; the
+    measurement before calibration belongs to the calibrated test it precedes), ``n_alarms`` the
+    alarms among them, ``first_pass`` whether the first event was a passing verdict (``None``:
+    never tested). A die is *retested* when ``n_tests > 1``.
     """
 
     lot_id: str
@@ -196,3 +215,18 @@ class DieRow:
     n_stuck_cells: int | None
     offset_spread_mac: float | None
     characterized_at: datetime | None
+    first_pass: bool | None = None
+    n_tests: int = 0
+    n_alarms: int = 0
+    alarm_code: str | None = None
+    reason: str | None = None
+
+    @property
+    def has_verdict(self) -> bool:
+        """Tested to a verdict (pass or fail), not only alarmed."""
+        return self.soft_bin is not None and self.soft_bin != ALARM_BIN
+
+    @property
+    def retest_pending(self) -> bool:
+        """Only tester alarms so far: the die waits for a retest."""
+        return self.soft_bin == ALARM_BIN

@@ -16,6 +16,7 @@ from app.config import Settings
 from app.services.jobs import StepCall, StepFunctions
 
 if TYPE_CHECKING:  # imported on first use: the numerics and the model runtime are heavy
+    from app.services.alarms import JobAttempt
     from app.services.hardware import DriverPool
     from app.services.images import ImageStore
     from app.services.runtime import ModelRuntimes
@@ -68,6 +69,7 @@ def calibration_steps(
     def characterize(call: StepCall) -> object:
         from app.services import calibration
 
+        _not_alarmed(call)
         return calibration.characterize_die(
             factory,
             sites.get(),
@@ -81,6 +83,7 @@ def calibration_steps(
         from app.services import calibration
 
         assert call.model is not None
+        _not_alarmed(call)
         return calibration.compensate_die(
             factory, models.get(), images.get(), call.ecid, call.model, actor=_actor(call)
         )
@@ -89,6 +92,7 @@ def calibration_steps(
         from app.services import calibration
 
         assert call.model is not None
+        _not_alarmed(call)
         return calibration.functional_test_die(
             factory,
             sites.get(),
@@ -99,13 +103,30 @@ def calibration_steps(
             call.model,
             force=call.force,
             actor=_actor(call),
+            job=_attempt(call),
         )
 
-    def alarm(call: StepCall, reason: str, die_fault: bool) -> None:
-        from app.services import calibration
+    def _not_alarmed(call: StepCall) -> None:
+        # A redelivered chunk whose die already ended in an alarm under this item: no retest.
+        from app.services import alarms
 
-        calibration.record_alarm(
-            factory, call.ecid, call.model, call.step, reason, die_fault=die_fault, actor=_actor(call)
+        if call.item_id is not None:
+            alarms.ensure_not_alarmed(factory, call.item_id)
+
+    def alarm(call: StepCall, reason: str, die_fault: bool) -> None:
+        from app.services import alarms
+
+        alarms.record_alarm(
+            factory,
+            call.ecid,
+            call.model,
+            call.step,
+            reason,
+            die_fault=die_fault,
+            code=getattr(call.error, "code", None),
+            provenance=alarms.site_of(call.error),
+            job=_attempt(call),
+            actor=_actor(call),
         )
 
     return StepFunctions(characterize, compensate, functional_test, alarm)
@@ -113,3 +134,11 @@ def calibration_steps(
 
 def _actor(call: StepCall) -> str:
     return f"job:{call.job_id}"
+
+
+def _attempt(call: StepCall) -> JobAttempt | None:
+    from app.services.alarms import JobAttempt
+
+    if call.item_id is None or call.attempt is None:
+        return None
+    return JobAttempt(call.item_id, call.attempt)

@@ -39,6 +39,8 @@ from app.db.tables import Die, Image, Model, TestResult
 from app.db.tables import Signature as SignatureRow
 from app.errors import AppError, ConflictError, InvalidInputError, NotFoundError
 from app.services import provenance as provenance_service
+from app.services import results
+from app.services.alarms import AlarmRecordedError, JobAttempt, on_site
 from app.services.hardware import DriverPool, TesterProvenance
 from app.services.images import ImageStore
 from app.services.models import grade_rules
@@ -209,7 +211,7 @@ def characterize_die(
         if current is not None and not force:
             prov = None if current.provenance is None else provenance_service.from_row(current.provenance)
             return _characterize_outcome(ecid, current, False, {}, prov)
-    with pool.acquire() as site:
+    with on_site(pool) as site:
         prov = site.provenance()
         probe_retries = _probe(site.driver, ecid)
         # The production test patterns: the same for every die, precomputed once per budget.
@@ -344,6 +346,7 @@ def _test_outcome(
     created: bool,
     provenance: TesterProvenance | None = None,
 ) -> TestOutcome:
+    assert row.accuracy is not None and row.test_time_s is not None, "a measured result"
     return TestOutcome(
         ecid=ecid,
         model=ref,
@@ -373,12 +376,15 @@ def functional_test_die(
     *,
     force: bool = True,
     actor: str = "system",
+    job: JobAttempt | None = None,
 ) -> TestOutcome:
     """Program the die's image, run the model's functional-test samples through it, store accuracy
     and bins (graded against the model's own pass limits).
 
     With ``settings.measure_uncalibrated`` the uncompensated network is measured too (a second
-    test_result row without an image: the accuracy *before* calibration).
+    test_result row without an image: the accuracy *before* calibration). ``job``: the batch job item
+    and attempt the calibrated result is recorded under (one record per pair; an alarm already
+    recorded for it is :class:`AlarmRecordedError`, and no result is written next to it).
     """
     image = compensate_die(db, runtimes, store, ecid, model_ref, actor=actor)
     with _scope(db, read_only=True) as s:
@@ -388,6 +394,7 @@ def functional_test_die(
             done = test_results.latest(s, die.id, model.id, image_id=image.image_id)
             if done is not None:
                 earlier = test_results.latest(s, die.id, model.id, image_id=None)
+                assert done.accuracy is not None
                 _, _, label = grade(
                     done.accuracy, calibratable=image.calibratable, pass_grades=grade_rules(model)
                 )
@@ -407,7 +414,7 @@ def functional_test_die(
     data = image_bytes(store, image)
     x, y, grades = runtime.test_features, runtime.test_labels, runtime.grades
     t0 = time.perf_counter()
-    with pool.acquire() as site:
+    with on_site(pool) as site:
         prov = site.provenance()
         driver = site.driver
         probe_retries = _probe(driver, ecid)
@@ -421,51 +428,42 @@ def functional_test_die(
             before = functional_test(driver, encode_image(ideal), x, y)
         after = functional_test(driver, data, x, y)
     hard, soft, label = grade(after.accuracy, calibratable=image.calibratable, pass_grades=grades)
-    with _scope(db) as s:
-        prov_id = provenance_service.record(s, prov).id
-        if before is not None:
-            hb, sb, _ = grade(before.accuracy, pass_grades=grades)
-            test_results.add(
+    try:
+        with _scope(db) as s, s.begin_nested():
+            if job is not None:
+                results.ensure_not_recorded(s, job)
+            row = results.store_measured(
                 s,
-                TestResult(
-                    die_id=die_id,
-                    model_id=model_id,
-                    image_id=None,
-                    accuracy=before.accuracy,
-                    hard_bin=hb,
-                    soft_bin=sb,
-                    test_time_s=before.tester_s,
-                    retries=before.retries,
-                    provenance_id=prov_id,
-                ),
+                die_id,
+                model_id,
+                image.image_id,
+                before,
+                after,
+                (hard, soft),
+                grades,
+                prov,
+                job,
+                probe_retries,
             )
-        row = test_results.add(
-            s,
-            TestResult(
-                die_id=die_id,
-                model_id=model_id,
-                image_id=image.image_id,
-                accuracy=after.accuracy,
-                hard_bin=hard,
-                soft_bin=soft,
-                test_time_s=after.tester_s,
-                retries=probe_retries + after.retries,
-                provenance_id=prov_id,
-            ),
-        )
-        audit.add(
-            s,
-            actor=actor,
-            action="functional_test",
-            target=ecid,
-            details={
-                "model": model_ref,
-                "accuracy": after.accuracy,
-                "soft_bin": soft,
-                "site": prov.site,
-                "retries": after.retries,
-            },
-        )
+            audit.add(
+                s,
+                actor=actor,
+                action="functional_test",
+                target=ecid,
+                details={
+                    "model": model_ref,
+                    "accuracy": after.accuracy,
+                    "soft_bin": soft,
+                    "site": prov.site,
+                    "retries": after.retries,
+                },
+            )
+    except IntegrityError as e:
+        if job is None:
+            raise
+        raise AlarmRecordedError(
+            f"job item {job.item_id} attempt {job.attempt} already has a record; this result is not stored"
+        ) from e
     log.info(
         "functional test %s %s: %.3f (bin %d) in %.2f s",
         ecid,
@@ -485,41 +483,3 @@ def functional_test_die(
         True,
         prov,
     )
-
-
-def record_alarm(
-    db: Db,
-    ecid: str,
-    model_ref: str | None,
-    step: str,
-    reason: str,
-    *,
-    die_fault: bool = False,
-    actor: str = "system",
-) -> None:
-    """Bin a die that could not be tested: bin 0 (tester alarm) or the die-fault bin, with the reason."""
-    hard, soft, label = grade(None, gross_defect=die_fault, tester_alarm=not die_fault)
-    with _scope(db) as s:
-        die = _die(s, ecid)
-        model = _model(s, model_ref) if model_ref else None
-        if model is not None:
-            test_results.add(
-                s,
-                TestResult(
-                    die_id=die.id,
-                    model_id=model.id,
-                    image_id=None,
-                    accuracy=0.0,
-                    hard_bin=hard,
-                    soft_bin=soft,
-                    test_time_s=0.0,
-                    reason=f"{step}: {reason}",
-                ),
-            )
-        audit.add(
-            s,
-            actor=actor,
-            action="die.alarm",
-            target=ecid,
-            details={"step": step, "reason": reason, "soft_bin": soft, "label": label},
-        )

@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -359,6 +359,12 @@ class StepCall:
     step: str
     model: str | None
     force: bool
+    item_id: int | None = None
+    attempt: int | None = None
+    """The job item and its attempt (the attempts it had when claimed, plus one): the key of the
+    records the step writes, unchanged when a chunk is redelivered after a crash."""
+    error: BaseException | None = None
+    """For the alarm step: the hardware error that ended the step."""
 
 
 StepFn = Callable[[StepCall], object]
@@ -506,15 +512,15 @@ def _run_step(ctx: ExecutionContext, call: StepCall, retry: RetryPolicy) -> tupl
                 ctx.sleep(retry.delay_s(attempt))
                 continue
             reason = f"{call.step}: {_describe(e)} (gave up after {attempt} attempts)"
-            ctx.steps.alarm(call, reason, False)
+            ctx.steps.alarm(replace(call, error=e), reason, False)
             return JobState.failed, f"alarm: {reason}", attempt
         except DieFault as e:
             reason = f"{call.step}: {_describe(e)}"
-            ctx.steps.alarm(call, reason, True)
+            ctx.steps.alarm(replace(call, error=e), reason, True)
             return JobState.failed, f"die fault: {reason}", attempt
         except HardwareError as e:
             reason = f"{call.step}: {_describe(e)}"
-            ctx.steps.alarm(call, reason, False)
+            ctx.steps.alarm(replace(call, error=e), reason, False)
             return JobState.failed, f"alarm: {reason}", attempt
         except AppError as e:
             return JobState.failed, f"{call.step}: {e.code}: {e.message}", attempt
@@ -560,10 +566,13 @@ def _process_die(
         if not claimed:
             return "none"
         states = repo.die_states(s, job.id, die_id)
+        attempts_before = repo.item_attempts(s, [item_id for item_id, _ in claimed])
     item_of = {step: item_id for item_id, step in claimed}
     todo = [step for step in params.steps if step in item_of]
     try:
-        return _run_die(ctx, token, job, params, die_id, ecid, should_stop, states, item_of, todo)
+        return _run_die(
+            ctx, token, job, params, die_id, ecid, should_stop, states, item_of, todo, attempts_before
+        )
     except BaseException:
         # The chunk fails (the database went away, the process is told to exit): hand the die's
         # unfinished items back at once rather than after the lease, if the database lets us.
@@ -586,6 +595,7 @@ def _run_die(
     states: dict[str, str],
     item_of: dict[str, int],
     todo: list[str],
+    attempts_before: dict[int, int],
 ) -> Literal["done", "cancelled", "lost"]:
     # The claim just succeeded, so the job was open then; after each step the job's state is read
     # in the transaction that records the step (four transactions per die of three steps).
@@ -625,7 +635,10 @@ def _run_die(
             if params.force:
                 with session_scope(ctx.factory) as s:
                     force = _effective_force(s, params, job, die_id, step)
-            call = StepCall(job.id, die_id, ecid, step, params.model, force)
+            item_id = item_of[step]
+            call = StepCall(
+                job.id, die_id, ecid, step, params.model, force, item_id, attempts_before.get(item_id, 0) + 1
+            )
             state, error, attempts = _run_step(ctx, call, params.retry)
         with session_scope(ctx.factory) as s:
             kept = repo.finish_item(

@@ -36,24 +36,29 @@ class FleetConfig:
 
 
 class SimulatedFleet:
-    """Hands out die variations on demand, with a small LRU cache (the fleet is never all in memory)."""
+    """Hands out die variations on demand, with a small LRU cache (the fleet is never all in memory).
+
+    The variations are the simulator's hidden truth: only the driver (to simulate the physics) and
+    ``hardware.sim.oracle`` (ORACLE, for tests and benchmarks) read them; there is no public getter.
+    """
 
     def __init__(self, config: FleetConfig | None = None, *, cache_dies: int = 4) -> None:
         self.config = config or FleetConfig()
-        self._cache: OrderedDict[DieAddress, DieVariation] = OrderedDict()
-        self._cache_dies = max(0, cache_dies)
+        self.__cache: OrderedDict[DieAddress, DieVariation] = OrderedDict()
+        self.__cache_dies = max(0, cache_dies)
 
-    def die(self, address: DieAddress) -> DieVariation:
-        hit = self._cache.get(address)
+    def _hidden_die(self, address: DieAddress) -> DieVariation:
+        """The hidden variation of one die: for the driver's physics and the oracle only."""
+        hit = self.__cache.get(address)
         if hit is not None:
-            self._cache.move_to_end(address)
+            self.__cache.move_to_end(address)
             return hit
         c = self.config
         truth = die_variation(c.seed, address, c.geometry, c.variation, c.faults)
-        if self._cache_dies:
-            self._cache[address] = truth
-            while len(self._cache) > self._cache_dies:
-                self._cache.popitem(last=False)
+        if self.__cache_dies:
+            self.__cache[address] = truth
+            while len(self.__cache) > self.__cache_dies:
+                self.__cache.popitem(last=False)
         return truth
 
 
@@ -83,6 +88,10 @@ class SimulatedDriver(Driver):
     ``p_timeout``, ``p_contact_loss``, ``p_gross_defect``), ``noise_seed`` for the read-noise and
     fault draws (default: ``fleet seed * 1009 + site``), ``timing`` and ``default_timeout_s``; the
     configurable ones are :class:`SimulatedOptions`. After a contact loss the die must be probed again.
+
+    The fleet, the probed die's variation, the written arrays and the noise generator are private
+    (name-mangled): nothing public on the driver leads to the simulator's hidden truth. The ORACLE
+    (``hardware.sim.oracle``) is the one way to it, for tests and benchmarks.
     """
 
     name = "simulated"
@@ -115,16 +124,28 @@ class SimulatedDriver(Driver):
                     faults=FaultConfig(p_timeout, p_contact_loss, p_gross_defect),
                 )
             )
-        self.fleet = fleet
-        self._rng = np.random.default_rng(
+        self.__fleet = fleet
+        self.__rng = np.random.default_rng(
             noise_seed if noise_seed is not None else fleet.config.seed * 1009 + site
         )
-        self._truth: DieVariation | None = None
-        self._arrays: dict[int, MacroArray] = {}
+        self.__truth: DieVariation | None = None
+        self.__arrays: dict[int, MacroArray] = {}
         self._image: WeightImage | None = None
 
+    def swap_fleet(self, fleet: SimulatedFleet) -> None:
+        """Draw later probes (and the fault knobs of every later call) from another simulated fleet.
+
+        For fault-injection tests; the die under the probe stays as it is until the next probe.
+        Returns nothing: the fleet it replaces (and its hidden truth) stays private.
+        """
+        self.__fleet = fleet
+
+    @property
+    def _config(self) -> FleetConfig:
+        return self.__fleet.config
+
     def info(self) -> DriverInfo:
-        c = self.fleet.config
+        c = self._config
         return DriverInfo(
             name=self.name,
             vendor="cimcal",
@@ -135,14 +156,14 @@ class SimulatedDriver(Driver):
 
     # ---- faults
     def _maybe_fault(self, op: str) -> None:
-        f = self.fleet.config.faults
-        if f.p_timeout and self._rng.random() < f.p_timeout:
+        f = self._config.faults
+        if f.p_timeout and self.__rng.random() < f.p_timeout:
             raise HardwareTimeoutError(
                 op, self.default_timeout_s, f"{op}: tester did not answer (injected timeout)"
             )
-        if f.p_contact_loss and self._rng.random() < f.p_contact_loss:
+        if f.p_contact_loss and self.__rng.random() < f.p_contact_loss:
             self._die = None
-            self._truth = None
+            self.__truth = None
             raise ContactError(f"{op}: probe contact lost (injected); re-probe the die", op=op)
 
     # ---- driver implementation
@@ -150,18 +171,18 @@ class SimulatedDriver(Driver):
         return None
 
     def _close(self) -> None:
-        self._truth, self._arrays, self._image = None, {}, None
+        self.__truth, self.__arrays, self._image = None, {}, None
 
     def _geometry_impl(self) -> ChipGeometry:
-        return self.fleet.config.geometry
+        return self._config.geometry
 
     def _probe(self, address: DieAddress) -> DieIdentity:
-        self._truth, self._arrays, self._image = None, {}, None
+        self.__truth, self.__arrays, self._image = None, {}, None
         self._maybe_fault("probe")
-        truth = self.fleet.die(address)
+        truth = self.__fleet._hidden_die(address)
         if truth.gross_defect:
             raise DieFault(f"die {address.ecid}: supply short at power-up (gross defect)", op="probe")
-        self._truth = truth
+        self.__truth = truth
         return DieIdentity(address.lot_id, address.wafer, address.x, address.y, address.ecid)
 
     def _identify(self, site: int) -> DieIdentity:
@@ -169,17 +190,17 @@ class SimulatedDriver(Driver):
         return self._die
 
     def _array(self, macro: int) -> MacroArray:
-        arr = self._arrays.get(macro)
+        arr = self.__arrays.get(macro)
         if arr is None:
             # Power-up contents of an unwritten macro: all +1.
-            g = self.fleet.config.geometry
+            g = self._config.geometry
             arr = self._write(macro, np.ones((g.rows, g.phys_cols), dtype=np.int8))
         return arr
 
     def _write(self, macro: int, weights: NDArray[np.int8]) -> MacroArray:
-        assert self._truth is not None
-        arr = MacroArray(self.fleet.config.geometry, self._truth, macro, weights)
-        self._arrays[macro] = arr
+        assert self.__truth is not None
+        arr = MacroArray(self._config.geometry, self.__truth, macro, weights)
+        self.__arrays[macro] = arr
         return arr
 
     def _write_macro(self, macro: int, weights: NDArray[np.int8]) -> None:
@@ -195,8 +216,8 @@ class SimulatedDriver(Driver):
 
     def _read_macro(self, macro: int, inputs: NDArray[np.uint8]) -> NDArray[np.int16]:
         self._maybe_fault("read_macro")
-        sigma = self.fleet.config.variation.sigma("read_noise_sigma_mac")
-        return self._array(macro).read(inputs, sigma, self._rng)
+        sigma = self._config.variation.sigma("read_noise_sigma_mac")
+        return self._array(macro).read(inputs, sigma, self.__rng)
 
     def _program_image(self, image: bytes) -> int:
         self._maybe_fault("program_image")
@@ -204,7 +225,7 @@ class SimulatedDriver(Driver):
             decoded = decode_image(image)
         except ValueError as e:
             raise ProtocolError(f"die rejected the image: {e}", protocol_code=0x21) from e
-        if decoded.geometry != self.fleet.config.geometry:
+        if decoded.geometry != self._config.geometry:
             raise ProtocolError("image geometry does not match the die", protocol_code=0x22)
         assert self._die is not None
         if decoded.header.ecid not in ("", self._die.ecid):
@@ -223,9 +244,9 @@ class SimulatedDriver(Driver):
             raise ProtocolError(
                 "run_network: no image programmed since the last write/probe", protocol_code=0x31
             )
-        sigma = self.fleet.config.variation.sigma("read_noise_sigma_mac")
+        sigma = self._config.variation.sigma("read_noise_sigma_mac")
 
         def readout(macro: int, inputs: NDArray[np.uint8]) -> NDArray[np.int16]:
-            return self._array(macro).read(inputs, sigma, self._rng)
+            return self._array(macro).read(inputs, sigma, self.__rng)
 
         return execute_network(self._image, features, readout)

@@ -17,6 +17,7 @@ from app.db.session import session_scope
 from app.db.tables import Die, Image, Signature, TestResult
 from hardware.chip import decode_image
 from hardware.sim.driver import FleetConfig, SimulatedDriver, SimulatedFleet
+from hardware.sim.oracle import oracle_fleet_config
 from hardware.sim.variation import FaultConfig
 from tests.api.helpers import assert_error, register
 from tests.api.models_util import tiny_kws_model
@@ -125,15 +126,15 @@ def test_characterize_errors(client: TestClient, as_role: Headers, lot: object) 
 def faulty(app: FastAPI) -> Iterator[Callable[..., None]]:
     """Swap the fleet of every test site for one with the given fault knobs, for one test."""
     drivers = [d for d in app.state.drivers.drivers if isinstance(d, SimulatedDriver)]
-    saved = [d.fleet for d in drivers]
+    saved = [oracle_fleet_config(d) for d in drivers]
 
     def set_faults(**knobs: float) -> None:
-        for d in drivers:
-            d.fleet = SimulatedFleet(FleetConfig(seed=d.fleet.config.seed, faults=FaultConfig(**knobs)))
+        for d, config in zip(drivers, saved, strict=True):
+            d.swap_fleet(SimulatedFleet(FleetConfig(seed=config.seed, faults=FaultConfig(**knobs))))
 
     yield set_faults
-    for d, fleet in zip(drivers, saved, strict=True):
-        d.fleet = fleet
+    for d, config in zip(drivers, saved, strict=True):
+        d.swap_fleet(SimulatedFleet(config))
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,6 @@ class FlakyDriver(SimulatedDriver):
             raise HardwareTimeoutError(op, self.default_timeout_s, f"{op}: scripted timeout")
         if fault == "contact":
             self._die = None
-            self._truth = None
             raise ContactError(f"{op}: scripted contact loss", op=op)
         if fault == "die":
             raise DieFault(f"{op}: scripted die fault", op=op)

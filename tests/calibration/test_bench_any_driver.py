@@ -14,6 +14,7 @@ from bench.quality_report import METHODS, render_section, summarize, write_figur
 from hardware.driver import DieAddress
 from hardware.registry import DriverOptionsError
 from hardware.sim.driver import SimulatedDriver
+from hardware.sim.oracle import oracle_fleet_config
 from tests.vendor_driver.driver import VendorDriver
 
 
@@ -27,7 +28,7 @@ def test_the_simulated_spec_scales_the_variation_and_seeds_each_die() -> None:
     }
     assert _row_scales(spec, None, (2.5, 5.5)) == (2.5, 5.5)
     drv = spec.build(2.5, 0)
-    assert isinstance(drv, SimulatedDriver) and drv.fleet.config.variation.variation_scale == 2.5
+    assert isinstance(drv, SimulatedDriver) and oracle_fleet_config(drv).variation.variation_scale == 2.5
 
 
 def test_a_spec_without_a_scale_option_has_one_row() -> None:

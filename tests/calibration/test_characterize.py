@@ -10,7 +10,7 @@ import pytest
 from app.calibration.characterize import CharacterizationConfig, characterize
 from hardware.driver import ContactError, HardwareTimeoutError
 from hardware.sim.driver import SimulatedDriver
-from hardware.sim.oracle import oracle_die_truth
+from hardware.sim.oracle import oracle_die_truth, oracle_fleet_config
 from tests.calibration.conftest import ADDRESS, SMALL, SMALL_BUDGET
 
 Make = Callable[..., SimulatedDriver]
@@ -19,7 +19,7 @@ Make = Callable[..., SimulatedDriver]
 def test_estimates_match_the_truth(make_driver: Make) -> None:
     drv = make_driver(1.5, dead_col_rate=0.03, stuck_cell_rate=2e-3)
     res = characterize(drv, budget=4 * SMALL_BUDGET, rng=0)
-    sig, truth = res.signature, oracle_die_truth(drv.fleet.config, ADDRESS)
+    sig, truth = res.signature, oracle_die_truth(oracle_fleet_config(drv), ADDRESS)
     live = ~truth.dead_cols
     assert truth.dead_cols.sum() > 0 and truth.stuck_mask.sum() > 0
     # Dead bit lines: found exactly, with their code.
@@ -51,7 +51,7 @@ def test_estimates_match_the_truth(make_driver: Make) -> None:
 def test_per_cell_errors_are_resolved_with_enough_reads(make_driver: Make) -> None:
     drv = make_driver(1.0)
     res = characterize(drv, budget=16 * SMALL_BUDGET, rng=1)
-    truth = oracle_die_truth(drv.fleet.config, ADDRESS)
+    truth = oracle_die_truth(oracle_fleet_config(drv), ADDRESS)
     sig = res.signature
     assert sig.cell_error is not None and sig.cell_residual_sigma < 0.7 * sig.cell_sigma
     live = ~truth.dead_cols
@@ -105,7 +105,7 @@ def test_rereads_of_the_suspects_complete_the_stuck_map_at_a_small_cost(make_dri
     extra_vectors = extra_s = 0.0
     for seed in range(3):
         drv = make_driver(1.5, stuck_cell_rate=4e-3, noise_seed=seed)
-        truth = oracle_die_truth(drv.fleet.config, ADDRESS)
+        truth = oracle_die_truth(oracle_fleet_config(drv), ADDRESS)
         true = truth.stuck_mask & ~truth.dead_cols[:, None, :]
         short = characterize(drv, budget=SMALL_BUDGET // 2, config=CharacterizationConfig(reread_stuck=False))
         # 20 times the default stuck rate: the re-reads may take as many vectors as the short pass.
@@ -170,7 +170,7 @@ def test_budget_too_small_is_refused(make_driver: Make) -> None:
 def test_adc_edges_are_estimated_on_request(make_driver: Make) -> None:
     drv = make_driver(0.5)
     res = characterize(drv, budget=8 * SMALL_BUDGET, rng=3, config=CharacterizationConfig(edges=True))
-    truth = oracle_die_truth(drv.fleet.config, ADDRESS)
+    truth = oracle_die_truth(oracle_fleet_config(drv), ADDRESS)
     sig = res.signature
     assert sig.edge_offset_lsb is not None
     live = ~truth.dead_cols
@@ -192,3 +192,31 @@ def test_reads_split_into_small_calls_measure_the_same_signature(make_driver: Ma
     assert whole.signature.meta["stuck"]["method"] == "reread" and whole.signature.n_stuck_cells > 0
     assert split.signature.to_bytes() == whole.signature.to_bytes()
     assert split.read_vectors == whole.read_vectors and split.reads > whole.reads
+
+
+@pytest.mark.parametrize("rate", [2e-3, 1e-2])
+def test_the_stuck_prior_is_measured_on_the_die_not_assumed(make_driver: Make, rate: float) -> None:
+    """The MAP test's prior follows the die's own stuck rate (no number copied from the simulator)."""
+    drv = make_driver(1.0, stuck_cell_rate=rate)
+    sig = characterize(drv, budget=4 * SMALL_BUDGET, rng=0).signature
+    truth = oracle_die_truth(oracle_fleet_config(drv), ADDRESS)
+    true_rate = (truth.stuck_mask & ~truth.dead_cols[:, None, :]).mean()
+    assert sig.meta["stuck"]["prior_source"] == "measured"
+    assert sig.meta["stuck"]["prior"] == pytest.approx(true_rate, rel=0.3)
+    fixed = characterize(
+        make_driver(1.0, stuck_cell_rate=rate), budget=4 * SMALL_BUDGET, rng=0,
+        config=CharacterizationConfig(stuck_prior=2e-4),
+    ).signature
+    assert fixed.meta["stuck"] == {**fixed.meta["stuck"], "prior": 2e-4, "prior_source": "configured"}
+
+
+def test_the_edge_prior_follows_the_dies_edge_spread(make_driver: Make) -> None:
+    """The spread that shrinks the ADC edges is the die's own: wider on a die whose edges spread more."""
+    spread = {}
+    for scale in (1.0, 3.0):
+        drv = make_driver(scale)
+        sig = characterize(drv, budget=4 * SMALL_BUDGET, rng=0, config=CharacterizationConfig(edges=True)).signature
+        truth = oracle_die_truth(oracle_fleet_config(drv), ADDRESS)
+        spread[scale] = sig.meta["edge_prior_sigma_lsb"]
+        assert spread[scale] == pytest.approx(float(truth.edge_offset_lsb[~truth.dead_cols].std()), rel=0.35)
+    assert spread[3.0] > 1.5 * spread[1.0]

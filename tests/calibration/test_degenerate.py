@@ -20,7 +20,7 @@ from app.calibration.signature import Signature
 from hardware.chip import ChipGeometry, NetworkProgram
 from hardware.driver import HardwareError
 from hardware.sim.driver import SimulatedDriver
-from hardware.sim.oracle import oracle_die_truth
+from hardware.sim.oracle import oracle_die_truth, oracle_fleet_config
 from tests.calibration.conftest import ADDRESS, SMALL, SMALL_BUDGET
 from tests.calibration.extreme import MODES, ColumnTransfer, ExtremeDriver
 
@@ -167,7 +167,7 @@ def _stuck_counts(
 ) -> tuple[int, int, int, dict[str, float | int]]:
     """(true stuck cells on live bit lines, reported, false positives, summary)."""
     res = characterize(drv, budget=budget, rng=rng)
-    sig, truth = res.signature, oracle_die_truth(drv.fleet.config, ADDRESS)
+    sig, truth = res.signature, oracle_die_truth(oracle_fleet_config(drv), ADDRESS)
     true = truth.stuck_mask & ~truth.dead_cols[:, None, :]
     found = np.zeros_like(true)
     found[sig.stuck.macro, sig.stuck.row, sig.stuck.col] = True

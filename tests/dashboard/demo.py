@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.db.repositories import models as models_repo
 from app.db.tables import Die, Image, Job, JobItem, JobState, Model, Signature, TestResult, Wafer
+from app.exports.records import ALARM_BIN
 from app.services import lots, signatures
 from app.services import provenance as provenance_service
 from app.services.hardware import TesterProvenance
@@ -65,6 +66,10 @@ class DieExpect:
     test_time_s: float | None = None
     site: int | None = None
     retries: int | None = None
+    first_pass: bool | None = None
+    n_tests: int = 0
+    n_alarms: int = 0
+    alarm_code: str | None = None
 
 
 @dataclass
@@ -82,7 +87,18 @@ class DemoLot:
 
     @property
     def tested(self) -> list[DieExpect]:
+        """Dies with a verdict (a tester alarm, bin 0, is "retest", not a verdict)."""
+        return [d for d in self.dies.values() if d.soft_bin is not None and d.soft_bin != ALARM_BIN]
+
+    @property
+    def with_result(self) -> list[DieExpect]:
+        """Dies with a verdict or only alarms: the parts of an STDF file, the dies of a pareto."""
         return [d for d in self.dies.values() if d.soft_bin is not None]
+
+    @property
+    def alarmed(self) -> list[DieExpect]:
+        """Dies whose only result is a tester alarm."""
+        return [d for d in self.dies.values() if d.soft_bin == ALARM_BIN]
 
 
 def demo_wafer_specs(n_wafers: int = 3, diameter: int = 8) -> list[WaferSpec]:
@@ -150,7 +166,9 @@ def add_demo_results(session: Session, lot_id: str = "DEMO001", seed: int = 7) -
     """Characterize, calibrate and test most dies of a registered lot; returns what was stored.
 
     Every 7th die stays untested (not characterized), every 11th is characterized but not tested; one
-    die is a tester alarm (soft bin 0). Offsets spread and accuracy drops toward the wafer edge.
+    die on the last wafer ends in a tester alarm (soft bin 0, nothing measured: no accuracy, no test
+    time) and one on the first wafer alarmed first and passed its retest (first pass fails, final
+    passes). Offsets spread and accuracy drops toward the wafer edge.
     """
     rng = np.random.default_rng(seed)
     model = models_repo.add(
@@ -171,7 +189,7 @@ def add_demo_results(session: Session, lot_id: str = "DEMO001", seed: int = 7) -
     demo = DemoLot(lot_id=lot_id, wafers=sorted({d.wafer.number for d in dies}))
     radius = max(math.hypot(d.x, d.y) for d in dies) or 1.0
     t = T0
-    alarm_done = False
+    alarm_done = retest_done = False
     job = Job(
         kind="calibrate", state=JobState.running, params={"lot_id": lot_id}, created_by="demo", created_at=T0
     )
@@ -217,8 +235,6 @@ def add_demo_results(session: Session, lot_id: str = "DEMO001", seed: int = 7) -
         before = float(np.clip(0.45 - 0.2 * r + 0.05 * rng.standard_normal(), 0.05, 0.95))
         after = float(np.clip(0.90 - 0.25 * r**2 + 0.03 * rng.standard_normal(), 0.05, 0.99))
         soft, hard = _bins(after, n_dead)
-        if not alarm_done and wafer == demo.wafers[-1]:
-            soft, hard, alarm_done = 0, 0, True
         test_time_s = round(0.8 + 0.1 * rng.random(), 3)
         image = Image(
             die_id=die.id,
@@ -234,6 +250,52 @@ def add_demo_results(session: Session, lot_id: str = "DEMO001", seed: int = 7) -
         session.add(image)
         session.flush()
         tester_id = provenance_service.record(session, tester).id
+        alarm = TestResult(
+            die_id=die.id,
+            model_id=model.id,
+            image_id=None,
+            accuracy=None,
+            hard_bin=ALARM_BIN,
+            soft_bin=ALARM_BIN,
+            test_time_s=None,
+            reason="functional-test: hardware_timeout: run_network did not complete within 5 s",
+            alarm_code="hardware_timeout",
+            step="functional-test",
+            created_at=t + timedelta(seconds=8),
+            provenance_id=tester_id,
+        )
+        if not alarm_done and wafer == demo.wafers[-1]:
+            alarm_done = True
+            session.add(alarm)
+            session.add(JobItem(job_id=job.id, die_id=die.id, step="test", state=JobState.failed))
+            demo.dies[die.ecid] = DieExpect(
+                die.ecid,
+                wafer,
+                die.x,
+                die.y,
+                True,
+                spread,
+                n_dead,
+                n_stuck,
+                tester_s,
+                reads,
+                None,
+                None,
+                ALARM_BIN,
+                ALARM_BIN,
+                None,
+                tester.site,
+                retries,
+                first_pass=False,
+                n_tests=1,
+                n_alarms=1,
+                alarm_code="hardware_timeout",
+            )
+            continue
+        retested = not retest_done and soft == 1 and wafer == demo.wafers[0]
+        if retested:
+            retest_done = True
+            session.add(alarm)
         session.add_all(
             [
                 TestResult(
@@ -279,6 +341,9 @@ def add_demo_results(session: Session, lot_id: str = "DEMO001", seed: int = 7) -
             test_time_s,
             tester.site,
             retries,
+            first_pass=not retested and 1 <= soft <= 9,
+            n_tests=2 if retested else 1,
+            n_alarms=int(retested),
         )
     session.flush()
     return demo
@@ -333,6 +398,10 @@ def add_second_model_results(session: Session, demo: DemoLot, model: str = SECON
                 hard_bin=None,
                 test_time_s=None,
                 site=None,
+                first_pass=None,
+                n_tests=0,
+                n_alarms=0,
+                alarm_code=None,
             )
             continue
         die = by_ecid[d.ecid]
@@ -378,6 +447,10 @@ def add_second_model_results(session: Session, demo: DemoLot, model: str = SECON
             hard_bin=hard,
             test_time_s=test_time_s,
             site=None,  # the second model's tests record no provenance
+            first_pass=soft == 3,
+            n_tests=1,
+            n_alarms=0,
+            alarm_code=None,
         )
     session.flush()
     return out

@@ -119,7 +119,9 @@ def test_home_lists_the_lot(signed_in: WebDriver, live_server: LiveServer, scree
     passed = sum(1 <= d.soft_bin <= 9 for d in demo.tested if d.soft_bin is not None)
     assert cells[7] == str(passed)
     assert f"{100 * passed / len(demo.tested):.1f} %" in cells[8]
-    assert "running" in cells[9]
+    first = sum(bool(d.first_pass) for d in demo.with_result)
+    assert f"{100 * first / len(demo.with_result):.1f} %" in cells[9]
+    assert "running" in cells[10]
     _shot(signed_in, screenshot_dir, "dashboard-home")
     assert _console_errors(signed_in) == []
 
@@ -163,7 +165,7 @@ def test_lot_page(signed_in: WebDriver, live_server: LiveServer, screenshot_dir:
     _open(signed_in, f"{live_server.base_url}/dashboard/lots/DEMO001", "lot")
     for plot in ("pareto", "accuracy", "trend-yield", "trend-accuracy"):
         assert signed_in.find_elements(By.CSS_SELECTOR, f"#{plot} .main-svg"), plot
-    bins = {d.soft_bin for d in live_server.demo.tested}
+    bins = {d.soft_bin for d in live_server.demo.with_result}  # the alarm bin 0 too
     bars = signed_in.find_elements(By.CSS_SELECTOR, "#pareto .barlayer .point")
     assert len(bars) == len(bins)
     assert len(signed_in.find_elements(By.CSS_SELECTOR, "#wafers tbody tr")) == len(live_server.demo.wafers)
@@ -173,7 +175,7 @@ def test_lot_page(signed_in: WebDriver, live_server: LiveServer, screenshot_dir:
 
 def test_die_page(signed_in: WebDriver, live_server: LiveServer, screenshot_dir: Path) -> None:
     second = live_server.second.dies
-    die = next(d for d in live_server.demo.tested if second[d.ecid].soft_bin is None)
+    die = next(d for d in live_server.demo.tested if second[d.ecid].soft_bin is None and not d.n_alarms)
     _open(signed_in, f"{live_server.base_url}/dashboard/dies/{die.ecid}", "die")
     assert die.ecid in signed_in.find_element(By.TAG_NAME, "h1").text
     assert len(signed_in.find_elements(By.CSS_SELECTOR, "#tests tbody tr")) == 2  # before and after
@@ -195,6 +197,23 @@ def test_die_page(signed_in: WebDriver, live_server: LiveServer, screenshot_dir:
         assert signed_in.find_element(By.ID, "signature-note").text
     _shot(signed_in, screenshot_dir, "dashboard-die")
     assert _console_errors(signed_in) == []
+
+
+def test_die_page_of_an_alarmed_die_shows_no_measurement(
+    signed_in: WebDriver, live_server: LiveServer, screenshot_dir: Path
+) -> None:
+    (die,) = live_server.demo.alarmed
+    _open(signed_in, withmodel(live_server, die.ecid), "die")
+    rows = signed_in.find_elements(By.CSS_SELECTOR, "#tests tbody tr")
+    cells = [c.text for c in rows[0].find_elements(By.TAG_NAME, "td")]
+    assert len(rows) == 1 and cells[1] == "alarm (retest)"
+    assert cells[2] == "–" and cells[5] == "–"  # no accuracy, no test time: nothing was measured
+    assert "alarm: retest, no verdict" in signed_in.find_element(By.CSS_SELECTOR, ".cards").text
+    assert _console_errors(signed_in) == []
+
+
+def withmodel(live_server: LiveServer, ecid: str) -> str:
+    return f"{live_server.base_url}/dashboard/dies/{ecid}?model={live_server.demo.model.replace('@', '%40')}"
 
 
 def test_lot_page_lists_the_models_and_shows_the_chosen_one(

@@ -207,12 +207,15 @@ def test_lot_stdf_matches_the_database(
     records = read_stdf(r.content)
     counts = Counter(name for name, _ in records)
     tested = demo.tested
+    (alarmed,) = demo.alarmed
+    parts = demo.with_result
     assert [counts[n] for n in ("FAR", "MIR", "SDR", "WCR", "PCR", "MRR")] == [1] * 6
     assert counts["WIR"] == counts["WRR"] == len(demo.wafers)
-    assert counts["PIR"] == counts["PRR"] == len(tested)
+    assert counts["PIR"] == counts["PRR"] == len(parts) == len(tested) + 1
     assert counts["TSR"] == len(plan.TEST_PLAN)
-    # Characterized dies carry 5 signature figures, tested ones 2 accuracies.
-    assert counts["PTR"] == 7 * len(tested)
+    # Characterized dies carry 5 signature figures, tested ones 2 accuracies; the alarmed die was
+    # characterized but its functional test never ran: no accuracy PTR.
+    assert counts["PTR"] == 7 * len(tested) + 5
     (mir,) = of_type(records, "MIR")
     assert (mir["LOT_ID"], mir["PART_TYP"]) == ("DEMO001", "KWS-BCIM-1")
     assert (mir["JOB_NAM"], mir["JOB_REV"], mir["EXEC_TYP"], mir["EXEC_VER"]) == (
@@ -254,7 +257,13 @@ def test_lot_stdf_matches_the_database(
         elif name == "PRR":
             by_ecid[str(fields["PART_ID"])] = (fields, ptrs)
             wafer_of_part[str(fields["PART_ID"])] = current_wafer
-    assert set(by_ecid) == {d.ecid for d in tested}
+    assert set(by_ecid) == {d.ecid for d in parts}
+    prr, tests = by_ecid[alarmed.ecid]
+    assert (prr["SOFT_BIN"], prr["HARD_BIN"], prr["NUM_TEST"]) == (0, 0, 5)
+    assert int(prr["PART_FLG"]) & stdf.PART_ABNORMAL_END and int(prr["PART_FLG"]) & stdf.PART_NO_PASS_FAIL
+    assert plan.TEST_ACC_BEFORE.number not in tests and plan.TEST_ACC_AFTER.number not in tests
+    assert alarmed.tester_s is not None and prr["TEST_T"] == round(1000 * alarmed.tester_s)
+    assert alarmed.site is not None and prr["SITE_NUM"] == alarmed.site + 1
     for d in tested:
         prr, tests = by_ecid[d.ecid]
         assert wafer_of_part[d.ecid] == f"DEMO001-W{d.wafer:02d}"
@@ -264,6 +273,7 @@ def test_lot_stdf_matches_the_database(
         assert {int(t["SITE_NUM"]) for t in tests.values()} == {d.site + 1}
         assert d.soft_bin is not None
         assert bool(int(prr["PART_FLG"]) & stdf.PART_FAILED) == (not 1 <= d.soft_bin <= 9)
+        assert not int(prr["PART_FLG"]) & (stdf.PART_ABNORMAL_END | stdf.PART_NO_PASS_FAIL)
         assert d.tester_s is not None and d.test_time_s is not None
         assert prr["TEST_T"] == round(1000 * (d.tester_s + d.test_time_s))
         assert prr["NUM_TEST"] == len(tests) == 7
@@ -291,14 +301,22 @@ def test_lot_stdf_matches_the_database(
         assert tests[plan.TEST_OFFSET_SPREAD.number]["UNITS"] == "MAC"
 
     sbr = {int(r["SBIN_NUM"]): int(r["SBIN_CNT"]) for r in of_type(records, "SBR")}
-    assert sbr == dict(Counter(d.soft_bin for d in tested))
+    assert sbr == dict(Counter(d.soft_bin for d in parts))
     hbr = {int(r["HBIN_NUM"]): int(r["HBIN_CNT"]) for r in of_type(records, "HBR")}
-    assert hbr == dict(Counter(d.hard_bin for d in tested))
+    assert hbr == dict(Counter(d.hard_bin for d in parts))
+    (alarm_bin,) = [r for r in of_type(records, "SBR") if int(r["SBIN_NUM"]) == 0]
+    assert alarm_bin["SBIN_PF"] == " "  # neither pass nor fail
     for w in of_type(records, "WRR"):
         number = int(str(w["WAFER_ID"])[-2:])
-        on_wafer = [d for d in tested if d.wafer == number]
+        on_wafer = [d for d in parts if d.wafer == number]
         assert w["PART_CNT"] == len(on_wafer)
         assert w["GOOD_CNT"] == sum(1 <= (d.soft_bin or 0) <= 9 for d in on_wafer)
+        assert w["RTST_CNT"] == sum(d.n_tests > 1 for d in on_wafer)
+        assert w["ABRT_CNT"] == sum(d.n_alarms for d in on_wafer)
+    (pcr,) = of_type(records, "PCR")
+    # One die alarmed and waits for a retest; another alarmed first and passed its retest.
+    assert (pcr["PART_CNT"], pcr["RTST_CNT"], pcr["ABRT_CNT"]) == (len(parts), 1, 2)
+    assert pcr["GOOD_CNT"] == sum(1 <= (d.soft_bin or 0) <= 9 for d in parts)
 
 
 def _parts(records: list[tuple[str, dict[str, Any]]]) -> dict[str, tuple[dict[str, Any], dict[int, float]]]:
@@ -332,7 +350,7 @@ def test_one_stdf_file_per_model(
             version,
         )
         parts = _parts(records)
-        assert set(parts) == {d.ecid for d in demo.tested}
+        assert set(parts) == {d.ecid for d in demo.with_result}
         for d in demo.tested:
             prr, results = parts[d.ecid]
             assert (prr["SOFT_BIN"], prr["HARD_BIN"], prr["PART_TXT"]) == (d.soft_bin, d.hard_bin, demo.model)
@@ -341,9 +359,9 @@ def test_one_stdf_file_per_model(
             assert results[plan.TEST_ACC_AFTER.number] == pytest.approx(_f32(100 * d.accuracy_after))
             assert prr["TEST_T"] == round(1000 * (d.tester_s + (d.test_time_s or 0.0)))
         sbr = {int(b["SBIN_NUM"]): int(b["SBIN_CNT"]) for b in of_type(records, "SBR")}
-        assert sbr == dict(Counter(d.soft_bin for d in demo.tested))
+        assert sbr == dict(Counter(d.soft_bin for d in demo.with_result))
         (pcr,) = of_type(records, "PCR")
-        assert pcr["PART_CNT"] == len(demo.tested)
+        assert pcr["PART_CNT"] == len(demo.with_result)
     first, second = two_models
     assert not {d.soft_bin for d in first.tested} & {d.soft_bin for d in second.tested}
 

@@ -27,14 +27,19 @@ def _check_row(row: dict[str, object], d: DieExpect, model: str) -> None:
     assert row["accuracy_before"] == d.accuracy_before and row["accuracy_after"] == d.accuracy_after
     assert row["n_dead_cols"] == d.n_dead_cols and row["n_stuck_cells"] == d.n_stuck_cells
     assert row["offset_spread_mac"] == d.offset_spread_mac and row["tester_s"] == d.tester_s
-    assert row["passed"] == (None if d.soft_bin is None else 1 <= d.soft_bin <= 9)
+    # An alarm (bin 0) is "retest", not a verdict: no pass/fail, and nothing measured is never 0.0.
+    assert row["passed"] == (None if d.soft_bin in (None, 0) else 1 <= d.soft_bin <= 9)
     assert row["site"] == d.site and row["retries"] == d.retries
+    assert row["test_time_s"] == d.test_time_s
+    assert (row["first_pass"], row["n_tests"], row["n_alarms"]) == (d.first_pass, d.n_tests, d.n_alarms)
+    assert row["alarm_code"] == d.alarm_code
+    assert (row["reason"] is not None) == (d.soft_bin == 0)
 
 
 def _parse(column: str, text: str) -> object:
     if text == "":
         return None
-    if column == "passed":
+    if column in ("passed", "first_pass"):
         return text == "True"
     if column in (
         "wafer",
@@ -47,6 +52,8 @@ def _parse(column: str, text: str) -> object:
         "reads",
         "site",
         "retries",
+        "n_tests",
+        "n_alarms",
     ):
         return int(text)
     if column in ("accuracy_before", "accuracy_after", "offset_spread_mac", "tester_s", "test_time_s"):
@@ -70,6 +77,21 @@ def test_csv(client: TestClient, as_role: Callable[[str], dict[str, str]], demo:
     assert 'filename="DEMO001-dies_kws-bnn_1.0.0.csv"' in r.headers["content-disposition"]
     assert r.text.startswith("lot_id,wafer,x,y,ecid,model,soft_bin,")
     _check_csv(r.text, demo)
+    (alarm,) = demo.alarmed
+    row = next(row for row in csv.DictReader(io.StringIO(r.text)) if row["ecid"] == alarm.ecid)
+    assert (
+        row["soft_bin"],
+        row["passed"],
+        row["accuracy_before"],
+        row["accuracy_after"],
+        row["test_time_s"],
+    ) == (
+        "0",
+        "",
+        "",
+        "",
+        "",
+    )
 
 
 def test_parquet(client: TestClient, as_role: Callable[[str], dict[str, str]], demo: DemoLot) -> None:

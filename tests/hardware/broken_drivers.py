@@ -50,7 +50,7 @@ class ConstantCodes(SimulatedDriver):
 
     def _read_macro(self, macro: int, inputs: NDArray[np.uint8]) -> NDArray[np.int16]:
         super()._read_macro(macro, inputs)
-        return np.zeros((inputs.shape[0], self.fleet.config.geometry.phys_cols), np.int16)
+        return np.zeros((inputs.shape[0], self._config.geometry.phys_cols), np.int16)
 
 
 class SwappedColumns(SimulatedDriver):
@@ -90,7 +90,7 @@ class UnstableDie(SimulatedDriver):
 
     def _probe(self, address: DieAddress) -> DieIdentity:
         self._probes += 1
-        self.fleet = SimulatedFleet(replace(self.fleet.config, seed=self.fleet.config.seed + self._probes))
+        self.swap_fleet(SimulatedFleet(replace(self._config, seed=self._config.seed + self._probes)))
         return super()._probe(address)
 
 

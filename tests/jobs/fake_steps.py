@@ -190,10 +190,11 @@ def build(
                     die_id=die.id,
                     model_id=model_id,
                     image_id=None,
-                    accuracy=0.0,
+                    accuracy=None,  # nothing was measured
                     hard_bin=9 if die_fault else 0,
                     soft_bin=99 if die_fault else 0,
-                    test_time_s=0.0,
+                    test_time_s=None,
+                    reason=reason,
                 )
             )
 

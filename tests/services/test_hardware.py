@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from app.config import Settings
 from app.services.hardware import DriverPool, StationConfigError, build_driver
 from hardware.sim.driver import SimulatedDriver
+from hardware.sim.oracle import oracle_fleet_config
 from tests.hardware.plugins import KeyedDriver, registered
 
 SITES = {
@@ -54,7 +55,7 @@ def test_without_sites_every_site_is_built_alike_from_the_fleet_settings(env: py
     pool = DriverPool.from_settings(Settings())
     assert [s.index for s in pool.sites] == [0, 1, 2] and {s.spec.resource for s in pool.sites} == {None}
     for d in _sim(pool):
-        assert d.fleet.config.seed == 11 and d.fleet.config.faults.p_timeout == 0.05
+        assert oracle_fleet_config(d).seed == 11 and oracle_fleet_config(d).faults.p_timeout == 0.05
     assert len({s.spec.options_sha256 for s in pool.sites}) == 1  # the site index is not an option
 
 
@@ -69,9 +70,9 @@ def test_sites_get_their_resource_and_options_over_the_station_options(env: pyte
     a, b = _sim(pool)
     assert [s.index for s in pool.sites] == [0, 3]
     assert (a.site, a.resource, b.site, b.resource) == (0, "sim://bench-a", 3, "sim://bench-b")
-    assert a.fleet.config.seed == b.fleet.config.seed == 11
-    assert a.fleet.config.variation.variation_scale == b.fleet.config.variation.variation_scale == 2.0
-    assert (a.fleet.config.faults.p_timeout, b.fleet.config.faults.p_timeout) == (0.02, 0.3)
+    assert oracle_fleet_config(a).seed == oracle_fleet_config(b).seed == 11
+    assert oracle_fleet_config(a).variation.variation_scale == oracle_fleet_config(b).variation.variation_scale == 2.0
+    assert (oracle_fleet_config(a).faults.p_timeout, oracle_fleet_config(b).faults.p_timeout) == (0.02, 0.3)
     site_a, site_b = pool.sites
     assert site_a.spec.options_sha256 != site_b.spec.options_sha256
     with pool.acquire() as site:
@@ -101,7 +102,7 @@ def test_sites_file(env: pytest.MonkeyPatch, tmp_path: Path, suffix: str) -> Non
     settings = Settings()
     assert settings.sites_file == path and sorted(settings.sites or {}) == [0, 3]
     _, b = _sim(DriverPool.from_settings(settings))
-    assert (b.resource, b.fleet.config.faults.p_timeout) == ("sim://bench-b", 0.3)
+    assert (b.resource, oracle_fleet_config(b).faults.p_timeout) == ("sim://bench-b", 0.3)
 
 
 @pytest.mark.parametrize(

@@ -130,6 +130,19 @@ LOT_EXAMPLE: Any = {
         ],
     },
     "jobs": [{"job_id": 1, "kind": "calibrate", "state": "running", "created_at": "2026-03-02T08:00:00Z"}],
+    "yields": {
+        "n_tested": 86,
+        "n_passed": 53,
+        "n_failed": 33,
+        "yield_pct": 61.628,
+        "n_first_tested": 87,
+        "n_first_passed": 52,
+        "first_pass_yield_pct": 59.77,
+        "n_retested": 1,
+        "n_alarms": 2,
+        "n_alarmed": 2,
+        "n_retest_pending": 1,
+    },
 }
 
 WAFER_EXAMPLE: Any = {
@@ -364,10 +377,13 @@ JOB_EXAMPLE: Any = {
 CSV_EXAMPLE = (
     "lot_id,wafer,x,y,ecid,model,soft_bin,hard_bin,passed,accuracy_before,accuracy_after,test_time_s,"
     "tested_at,site,signature_version,reads,retries,tester_s,n_dead_cols,n_stuck_cells,offset_spread_mac,"
-    "characterized_at\n"
+    "characterized_at,first_pass,n_tests,n_alarms,alarm_code,reason\n"
     "LOT0001,1,0,-3,LOT0001-W01-X+000Y-003,kws-bnn@1.0.0,2,1,True,0.2879329105324384,0.7335675283106033,0.839,"
-    "2026-03-02T08:01:20+00:00,0,1,21922,0,1.506,2,4,1.27919486198959,2026-03-02T08:01:00+00:00\n"
-    "LOT0001,1,-2,-2,LOT0001-W01-X-002Y-002,kws-bnn@1.0.0,,,,,,,,,,,,,,,,\n"
+    "2026-03-02T08:01:20+00:00,0,1,21922,0,1.506,2,4,1.27919486198959,2026-03-02T08:01:00+00:00,True,1,0,,\n"
+    "LOT0001,1,1,-3,LOT0001-W01-X+001Y-003,kws-bnn@1.0.0,0,0,,,,,2026-03-02T08:01:58+00:00,1,1,21466,0,1.522,"
+    "1,3,1.30121,2026-03-02T08:01:30+00:00,False,1,1,hardware_timeout,"
+    "functional-test: hardware_timeout: run_network did not complete within 5 s (gave up after 4 attempts)\n"
+    "LOT0001,1,-2,-2,LOT0001-W01-X-002Y-002,kws-bnn@1.0.0,,,,,,,,,,,,,,,,,,0,0,,\n"
 )
 
 E142_EXAMPLE = """<?xml version='1.0' encoding='UTF-8'?>

@@ -44,13 +44,15 @@ def _estimate_edges(
     codes: NDArray[np.int16],
     sigma: NDArray[np.float64],
     live: NDArray[np.bool_],
-    prior_sigma_lsb: float = 0.15,
-) -> NDArray[np.float64]:
+    prior_sigma_lsb: float | None = None,
+) -> tuple[NDArray[np.float64], float]:
     """ADC edge offsets (n_cols, levels - 1) in LSB: one Fisher-scoring step of a probit fit per edge.
 
     Model: ``P(code >= k | v) = Phi((v - (k - 0.5 + e_k)) / sigma)``. ``v`` (n, n_cols) predicted analog
     values (MAC), ``codes`` (n, n_cols) the codes read, ``sigma`` (n_cols,) the read noise. The
-    N(0, prior_sigma_lsb^2) prior shrinks edges with little data towards the nominal position.
+    N(0, prior_sigma_lsb^2) prior shrinks edges with little data towards the nominal position; without
+    a ``prior_sigma_lsb`` its spread is measured on the die (:func:`_edge_prior_sigma`). Returns the
+    edges and the prior spread used.
     """
     lsb = g.adc_lsb_mac
     n_cols = v.shape[1]
@@ -73,6 +75,29 @@ def _estimate_edges(
         idx = (col + np.clip(k - g.code_min - 1, 0, n_edges - 1))[ok]
         score += np.bincount(idx, weights=(wgt * ((c >= k) - p) / s)[ok], minlength=score.size)
         info += np.bincount(idx, weights=(wgt * phi / s**2)[ok], minlength=info.size)
-    est = score / (info + 1.0 / prior_sigma_lsb**2)
+    tau = _edge_prior_sigma(score, info) if prior_sigma_lsb is None else prior_sigma_lsb
+    est = score / (info + 1.0 / tau**2)
     # d log L / d e = -score, so the step is -score / info; the sign is folded here.
-    return np.asarray(np.clip(-est, -0.5, 0.5).reshape(n_cols, n_edges), dtype=np.float64)
+    return np.asarray(np.clip(-est, -0.5, 0.5).reshape(n_cols, n_edges), dtype=np.float64), tau
+
+
+EDGE_PRIOR_MAX_LSB = 0.5
+"""The widest edge-offset spread the prior may take: an edge further than half an LSB from its
+nominal position is the neighbouring code's edge (the estimate is clipped there too)."""
+
+
+def _edge_prior_sigma(score: NDArray[np.float64], info: NDArray[np.float64], min_info: float = 4.0) -> float:
+    """The spread of the die's edge offsets, from its own pooled unshrunk edge estimates.
+
+    Each edge with Fisher information ``info >= min_info`` (standard error <= 0.5 LSB) gives an
+    unshrunk estimate ``e = -score / info`` with sampling variance ``1 / info``; the method of moments
+    takes ``tau^2 = mean(e^2 - 1 / info)`` (the spread left after the sampling noise). Kept within
+    [0.02, :data:`EDGE_PRIOR_MAX_LSB`] LSB; with no edge to pool, the widest spread (no shrinkage to
+    speak of). domain.md (section 2) names edge shifts (DNL) but gives no figure to take instead.
+    """
+    ok = info >= min_info
+    if not ok.any():
+        return EDGE_PRIOR_MAX_LSB
+    raw = score[ok] / info[ok]
+    tau2 = float(np.mean(raw**2 - 1.0 / info[ok]))
+    return float(np.clip(math.sqrt(max(tau2, 0.0)), 0.02, EDGE_PRIOR_MAX_LSB))

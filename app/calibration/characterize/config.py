@@ -21,11 +21,16 @@ class CharacterizationConfig:
 
     active_fraction : fraction of rows driven by each input vector
     repeat_fraction : fraction of the vectors read twice (read-noise estimate)
-    stuck_prior     : prior probability that a cell is stuck (MAP test)
+    stuck_prior     : prior probability that a cell is stuck (the short pass's MAP test); ``None``
+                      (default): estimated from the die's own reads (empirical Bayes,
+                      :func:`~app.calibration.characterize.stuck.stuck_fraction`)
     cells           : "auto" keeps per-cell errors when they explain at least ``min_cell_r2`` of the
                       cell-error variance; True always, False never
     edges           : estimate the ADC decision edges (from ``edge_reads`` vectors per pattern); off by
                       default: measured to change no decision (docs/calibration.md) and 137 kB per die
+    edge_prior_sigma_lsb : spread of the N(0, s^2) prior on the edge offsets; ``None`` (default): the
+                      spread of the die's own pooled edge estimates
+                      (:func:`~app.calibration.characterize.adc._edge_prior_sigma`)
     max_vectors_per_call : split reads into driver calls of at most this many vectors
     attempts        : tries per driver call after a transient error (1: no retry)
     min_gain        : a bit line whose measured gain ratio is below this (zero, negative, or too
@@ -53,11 +58,12 @@ class CharacterizationConfig:
 
     active_fraction: float = 0.25
     repeat_fraction: float = 0.125
-    stuck_prior: float = 2e-4
+    stuck_prior: float | None = None
     cells: bool | str = "auto"
     min_cell_r2: float = 0.5
     edges: bool = False
     edge_reads: int = 256
+    edge_prior_sigma_lsb: float | None = None
     max_vectors_per_call: int = 4096
     attempts: int = DEFAULT_ATTEMPTS
     min_gain: float = 0.2

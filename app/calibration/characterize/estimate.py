@@ -167,16 +167,18 @@ def build_signature(
         cell_err[rows, cols_flat] = 0.0
 
     edges: NDArray[np.float64] | None = None
+    edge_prior = 0.0
     if config.edges:
         # A subsample of the reads is plenty for the edges (each edge sees many reads per column).
         sub_rows = np.arange(0, design.n_distinct, max(1, design.n_distinct // config.edge_reads))
         a_sub = dm.a[sub_rows]
-        edges = _estimate_edges(
+        edges, edge_prior = _estimate_edges(
             g,
             np.concatenate([fit.analog(dm, a_sub, 1.0, keep_cells), fit.analog(dm, a_sub, -1.0, keep_cells)]),
             np.concatenate([df.cp[sub_rows], df.cn[sub_rows]]),
             np.repeat(df.sigma_m, p_),
             live,
+            config.edge_prior_sigma_lsb,
         )
 
     meta = dict(meta or {})
@@ -184,7 +186,11 @@ def build_signature(
         "candidates": int(fit.stuck_candidates),
         "confirmed": int(rows.size),
         "method": "reread" if df.reread else "statistic",
+        "prior": df.test.prior,
+        "prior_source": "measured" if config.stuck_prior is None else "configured",
     }
+    if edges is not None:
+        meta["edge_prior_sigma_lsb"] = edge_prior
     if df.bad.any():
         meta["unusable_cols"] = {
             reason: np.flatnonzero(cols).tolist()

@@ -5,9 +5,11 @@ cells cancel) as ``value * magnitude`` on its row: the matched filter ``d_hat`` 
 :func:`~app.calibration.characterize.fit.column_statistics` estimates it for every cell.
 
 * :func:`stuck_test`: the MAP test against the prior stuck rate, confirmed (``stuck_min_z`` standard
-  errors, magnitude within ``stuck_mag_range`` of the column gain). Only cells whose ``|d_hat|``
-  exceeds half a cell's contribution can pass the MAP test, so only those (a sparse set) are
-  examined; the full-size work is one comparison.
+  errors, magnitude within ``stuck_mag_range`` of the column gain). The prior is the die's own
+  (:func:`stuck_fraction`, empirical Bayes on a histogram of every cell's log likelihood ratio)
+  unless ``config.stuck_prior`` fixes one. Only cells whose ``|d_hat|`` exceeds half a cell's
+  contribution can pass the MAP test, so only those (a sparse set) are examined in detail; the
+  full-size work is one comparison and, for the measured prior, one histogram.
 * :func:`confirm_by_rereads` (``config.reread_stuck``): every *suspect* (a MAP candidate, or a cell
   ``suspect_min_z`` standard errors from 0) is read again with a vector that drives its row alone,
   under the pattern in which a cell stuck at the suspected value differs from a healthy one. A
@@ -65,21 +67,92 @@ class CellSet:
 
 @dataclass(frozen=True)
 class StuckTest:
-    """The short pass's verdict: ``confirmed`` cells, the MAP ``candidates`` count, and ``suspects``
-    (candidates and cells ``suspect_min_z`` standard errors from 0) for targeted re-reads."""
+    """The short pass's verdict: ``confirmed`` cells, the MAP ``candidates`` count, ``suspects``
+    (candidates and cells ``suspect_min_z`` standard errors from 0) for targeted re-reads, and the
+    ``prior`` probability of a stuck cell the MAP test used (measured or configured)."""
 
     confirmed: CellSet
     candidates: int
     suspects: CellSet
+    prior: float = 0.0
+
+
+_LLR_BIN = 1.0 / 32.0
+_LLR_LIM = 64.0
+_LLR_CENTRES = -_LLR_LIM + (np.arange(int(2 * _LLR_LIM / _LLR_BIN) + 1) + 0.5) * _LLR_BIN
+"""Histogram of the cells' log likelihood ratios for :func:`stuck_fraction`: bins of 1/32 (a cell's
+posterior changes by at most 1.6 % within one) over [-64, 64] (beyond, a cell is certainly healthy
+or certainly stuck whatever the prior; the ratios are clipped there)."""
+
+
+def _llr_counts(
+    st: ColumnStats, cols: NDArray[np.int64], mag: NDArray[np.float64], sd_z: NDArray[np.float64]
+) -> NDArray[np.int64]:
+    """The histogram (over :data:`_LLR_CENTRES`) of the log likelihood ratio, stuck against healthy,
+    of every cell of the columns ``cols``: ``(|d| mag - mag^2 / 2) / s_d^2`` with ``s_d`` the
+    standard error of ``d_hat`` (the statistic of the MAP test)."""
+    if cols.size == 0:
+        return np.zeros(_LLR_CENTRES.size, np.int64)
+    var_z = np.maximum(sd_z[cols] ** 2, 1e-12)
+    a = (mag[cols] / var_z).astype(np.float32)
+    b = (0.5 * mag[cols] ** 2 / var_z).astype(np.float32)
+    x = np.abs(st.d_hat[:, cols])
+    x *= a
+    x -= b
+    x *= st.dm.row_energy.astype(np.float32)[:, None]  # 1 / noise_row^2
+    ci = st.cens_index[cols]
+    cens = np.flatnonzero(ci >= 0)
+    if cens.size:  # censored columns: their own matched-filter energy per cell
+        x[:, cens] = (np.abs(st.d_hat[:, cols[cens]]) * a[cens] - b[cens]) / (
+            st.noise_cens[:, ci[cens]] ** 2
+        ).astype(np.float32)
+    np.nan_to_num(x, copy=False, nan=-_LLR_LIM)
+    np.clip(x, -_LLR_LIM, _LLR_LIM, out=x)
+    x += _LLR_LIM
+    x *= 1.0 / _LLR_BIN
+    return np.bincount(x.astype(np.int32).ravel(), minlength=_LLR_CENTRES.size)
+
+
+def stuck_fraction(counts: NDArray[np.int64], iterations: int = 100) -> float:
+    """The fraction of stuck cells, estimated from the die's own matched-filter statistics.
+
+    Empirical Bayes: every cell is stuck with an unknown probability ``pi``; ``counts`` is the
+    histogram (:func:`_llr_counts`) of the cells' log likelihood ratios, stuck against healthy. EM on
+    the two-component mixture finds the ``pi`` that makes the reads most likely; a Beta(1, 1) prior on
+    ``pi`` keeps it off 0 and 1 when no cell (or every cell) looks stuck. Nothing here comes from the
+    simulator: domain.md (section 2) names stuck-at cells as a defect but gives no rate.
+    """
+    k = np.flatnonzero(counts)
+    c = counts[k].astype(np.float64)
+    x = _LLR_CENTRES[k]
+    n = float(c.sum())
+    if n == 0:
+        return 0.5
+    pi = 1.0 / math.sqrt(n)  # a start between "none" and "many"; EM moves it from there
+    for _ in range(iterations):
+        logit = math.log(pi / (1.0 - pi))
+        resp = 0.5 * (1.0 + np.tanh(0.5 * (x + logit)))  # posterior P(stuck), overflow-free
+        new = (float(resp @ c) + 1.0) / (n + 2.0)
+        if abs(new - pi) <= 1e-3 * pi:
+            return new
+        pi = new
+    return pi
 
 
 def stuck_test(
     st: ColumnStats, gain0: NDArray[np.float64], fit_ok: NDArray[np.bool_], config: CharacterizationConfig
 ) -> StuckTest:
     """The MAP test of every cell, confirmed as described in the module docstring (two passes: the
-    second measures the noise of a column with its stuck cells removed)."""
+    second measures the noise of a column with its stuck cells removed, and the measured prior again).
+    A measured prior is capped at even odds (a die with more stuck than healthy cells is not one the
+    MAP test can read)."""
     mag_all = np.maximum(np.abs(gain0), 0.05)
-    prior = math.log((1.0 - config.stuck_prior) / config.stuck_prior)
+    sd_z = np.sqrt(np.maximum(st.zz / st.cnt, 1e-12))
+    measured = config.stuck_prior is None
+    ok_cols = np.flatnonzero(fit_ok)
+    counts = _llr_counts(st, ok_cols, mag_all, sd_z) if measured else np.zeros(0, np.int64)
+    used = min(stuck_fraction(counts), 0.5) if config.stuck_prior is None else config.stuck_prior
+    prior = math.log((1.0 - used) / used)
     # log LR > prior >= 0 needs |d| * mag > mag^2 / 2: only those cells can be candidates.
     floor = 0.5 * mag_all if prior >= 0 else np.zeros_like(mag_all)
     pr, pc = np.nonzero(np.abs(st.d_hat) > floor.astype(np.float32)[None, :])
@@ -91,24 +164,30 @@ def stuck_test(
     mg = mag_all[pc]
     lo, hi = config.stuck_mag_range
     ratio = adv / mg
-    sd_z = np.sqrt(np.maximum(st.zz / st.cnt, 1e-12))
     stuck = np.zeros(pr.size, bool)
     cand = stuck
-    for _ in range(2):  # the second pass measures the noise with the stuck cells removed
+    for i in range(2):  # the second pass measures the noise with the stuck cells removed
         s_d = nm * sd_z[pc]
         log_lr = (adv * mg - 0.5 * mg**2) / np.maximum(s_d**2, 1e-12)
         cand = log_lr > prior
         stuck = cand & (adv >= config.stuck_min_z * s_d) & (ratio >= lo) & (ratio <= hi)
         if not stuck.any():
             break
-        sd_z = _noise_without(st, pr[stuck], pc[stuck], sd_z)
+        new_sd_z = _noise_without(st, pr[stuck], pc[stuck], sd_z)
+        if measured and i == 0:
+            # Only the columns holding stuck cells changed: their cells move in the histogram.
+            aff = np.unique(pc[stuck])
+            counts = counts - _llr_counts(st, aff, mag_all, sd_z) + _llr_counts(st, aff, mag_all, new_sd_z)
+            used = min(stuck_fraction(counts), 0.5)
+            prior = math.log((1.0 - used) / used)
+        sd_z = new_sd_z
     s_d = np.maximum(nm * sd_z[pc], 1e-12)
     zstat = adv / s_d
     values = np.where(dv >= 0, 1, -1).astype(np.int8)
     confirmed = CellSet(pr[stuck], pc[stuck], values[stuck], zstat[stuck], adv[stuck])
     sus = cand | (zstat >= config.suspect_min_z)
     suspects = CellSet(pr[sus], pc[sus], values[sus], zstat[sus], adv[sus])
-    return StuckTest(confirmed, int(cand.sum()), suspects)
+    return StuckTest(confirmed, int(cand.sum()), suspects, float(used))
 
 
 def _noise_without(

@@ -55,6 +55,13 @@
   function binLabel(b) {
     return b === null || b === undefined ? "untested" : `bin ${b}`;
   }
+  // Bin 0 is a tester alarm: "retest", neither pass nor fail (docs/dashboard.md).
+  function verdictLabel(b) {
+    return b.soft_bin === null ? "untested" : b.soft_bin === 0 ? "alarm, retest" : b.passed ? "pass" : "fail";
+  }
+  function seconds(v, digits = 3) {
+    return v === null || v === undefined ? dash : `${num(v, digits)} s`;
+  }
   function link(href, text) {
     return h("a", { href }, text);
   }
@@ -225,6 +232,7 @@
         h("td", { class: "num" }, l.n_tested),
         h("td", { class: "num" }, l.n_passed),
         h("td", {}, yieldCell(l.yield_pct)),
+        h("td", {}, yieldCell(l.first_pass_yield_pct)),
         h("td", {}, jobBadge(l.latest_job)),
         h("td", { class: "models" }, l.models.length ? l.models.flatMap((m, i) => [i ? ", " : null, link(withModel(`/dashboard/lots/${enc(l.lot_id)}`, m.model), `${m.model} (${m.n_tested})`)]) : dash),
       ),
@@ -232,9 +240,9 @@
     const jobRows = jobs.map((j) => [link(`/dashboard/jobs/${j.id}`, `#${j.id}`), j.kind, h("span", { class: `badge state-${j.state}` }, j.state), j.created_by, when(j.created_at), when(j.finished_at)]);
     render(
       h("h1", {}, "Lots"),
-      h("p", { class: "muted" }, "Tested, pass and yield are of each lot's most-tested model."),
+      h("p", { class: "muted" }, "Tested, pass and yields are of each lot's most-tested model. Tested: dies with a verdict (a tester alarm is a retest, not a verdict). Final yield: last verdict; first pass: the first test passed."),
       lots.items.length
-        ? table(["Lot", "Product", "Registered", "Wafers", "Dies", "Characterized", "Tested", "Pass", "Yield", "Latest job", "Models (dies tested)"], rows, { id: "lots" })
+        ? table(["Lot", "Product", "Registered", "Wafers", "Dies", "Characterized", "Tested", "Pass", "Final yield", "First-pass yield", "Latest job", "Models (dies tested)"], rows, { id: "lots" })
         : h("p", { class: "muted" }, "No lots registered yet."),
       lots.total > lots.items.length ? h("p", { class: "muted" }, `Showing ${lots.items.length} of ${lots.total} lots.`) : null,
       section("Recent jobs", jobs.length ? table(["Job", "Kind", "State", "By", "Created", "Finished"], jobRows, { id: "jobs" }) : h("p", { class: "muted" }, "No jobs yet.")),
@@ -278,6 +286,8 @@
       w.n_tested,
       w.n_passed,
       yieldCell(w.yield_pct),
+      yieldCell(w.first_pass_yield_pct),
+      w.n_retest_pending,
       pct(w.mean_accuracy_before_pct),
       pct(w.mean_accuracy_after_pct),
       downloadButton("E142", withModel(`/lots/${enc(r.lot_id)}/wafers/${w.number}/e142`, m), `${r.lot_id}-W${String(w.number).padStart(2, "0")}${fileModel(m)}.e142.xml`),
@@ -306,9 +316,11 @@
         { class: "cards" },
         card("Dies", r.n_dies),
         card("Characterized", r.n_characterized),
-        card("Tested", r.n_tested),
+        card("Tested", r.n_tested, "dies with a verdict"),
         card("Pass (bin 1-9)", r.n_passed),
-        card("Yield", pct(r.yield_pct), "pass / tested"),
+        card("Final yield", pct(r.yield_pct), "last verdict: pass / tested"),
+        card("First-pass yield", pct(r.yields ? r.yields.first_pass_yield_pct : null), "first test passed / dies tested at least once"),
+        card("Retests", r.yields ? `${r.yields.n_retested} dies` : dash, r.yields ? `${r.yields.n_alarms} tester alarms on ${r.yields.n_alarmed} dies, ${r.yields.n_retest_pending} awaiting retest` : ""),
         card("Mean accuracy", `${num(r.accuracy_before_stats.mean)} → ${num(r.accuracy_after_stats.mean)} %`, "before → after calibration"),
       ),
       h(
@@ -325,7 +337,7 @@
       ),
       h("div", { class: "grid2" }, section("Yield by soft bin (pareto)", pareto), section("Accuracy before vs after calibration", accuracy, statsTable(r))),
       h("div", { class: "grid2" }, section("Yield per wafer (SPC: mean ± 3σ across wafers)", trendYield), section("Mean accuracy after calibration per wafer (SPC)", trendAccuracy)),
-      section("Wafers", table(["Wafer", "Sites", "Characterized", "Tested", "Pass", "Yield", "Accuracy before", "Accuracy after", "Map"], waferRows, { id: "wafers" })),
+      section("Wafers", table(["Wafer", "Sites", "Characterized", "Tested", "Pass", "Final yield", "First-pass yield", "Awaiting retest", "Accuracy before", "Accuracy after", "Map"], waferRows, { id: "wafers" })),
       section(
         "Jobs",
         r.jobs.length ? table(["Job", "Kind", "State", "Created"], r.jobs.map((j) => [link(`/dashboard/jobs/${j.job_id}`, `#${j.job_id}`), j.kind, h("span", { class: `badge state-${j.state}` }, j.state), when(j.created_at)])) : h("p", { class: "muted" }, "No jobs for this lot."),
@@ -377,7 +389,9 @@
       ["Stuck cells", d.n_stuck_cells ?? dash],
       ["Characterization", d.tester_s === null ? dash : `${num(d.tester_s, 3)} s`],
       ["Functional test", d.test_time_s === null ? dash : `${num(d.test_time_s, 3)} s`],
+      ["Tests (alarms)", d.n_tests ? `${d.n_tests} (${d.n_alarms})` : dash],
     ];
+    if (d.reason) rows.push(["Why not measured", d.reason]);
     panel.replaceChildren(h("h3", {}, "Die"), table(["", ""], rows, { class: "compact kv", id: "die-detail" }));
     panel.dataset.ecid = d.ecid;
   }
@@ -497,7 +511,7 @@
     const legend = h(
       "ul",
       { class: "legend", id: "legend" },
-      r.legend.map((b) => h("li", { dataset: { softBin: b.soft_bin === null ? "" : b.soft_bin } }, chip(b.color, `${b.soft_bin === null ? "untested" : `bin ${b.soft_bin} (${b.passed ? "pass" : "fail"})`}: ${b.count}`))),
+      r.legend.map((b) => h("li", { dataset: { softBin: b.soft_bin === null ? "" : b.soft_bin } }, chip(b.color, `${b.soft_bin === null ? "untested" : `bin ${b.soft_bin} (${verdictLabel(b)})`}: ${b.count}`))),
     );
     const maps = r.parametrics.map((p) => h("div", { class: "param-map", id: `param-${p.key}`, dataset: { key: p.key } }));
     const wid = `W${String(r.number).padStart(2, "0")}`;
@@ -505,7 +519,7 @@
       h("p", { class: "crumbs" }, link("/dashboard", "Lots"), " / ", link(withModel(`/dashboard/lots/${enc(r.lot_id)}`, m), r.lot_id), " / ", wid),
       h("h1", {}, `Wafer ${r.lot_id} ${wid}`, h("span", { class: "sub" }, r.product), m ? h("span", { class: "sub", id: "model" }, m) : null),
       h("div", { class: "model-bar" }, modelPicker(m, r.models.map((t) => t.model)), modelNote(r)),
-      h("div", { class: "cards" }, card("Sites", r.n_sites), card("Characterized", r.n_characterized), card("Tested", r.n_tested), card("Pass", r.n_passed), card("Yield", pct(r.yield_pct))),
+      h("div", { class: "cards" }, card("Sites", r.n_sites), card("Characterized", r.n_characterized), card("Tested", r.n_tested, "dies with a verdict"), card("Pass", r.n_passed), card("Final yield", pct(r.yield_pct)), card("First-pass yield", pct(r.yields ? r.yields.first_pass_yield_pct : null))),
       h("div", { class: "exports" }, "Export: ", downloadButton("E142 map", withModel(`/lots/${enc(r.lot_id)}/wafers/${r.number}/e142`, m), `${r.lot_id}-${wid}${fileModel(m)}.e142.xml`)),
       section(
         "Soft-bin map",
@@ -603,10 +617,10 @@
       h(
         "div",
         { class: "cards" },
-        card("Final bin", f.soft_bin === null ? "untested" : chip(r.final_color, `soft ${f.soft_bin} / hard ${f.hard_bin}`), m ? `with ${m}` : ""),
+        card("Final bin", f.soft_bin === null ? "untested" : chip(r.final_color, f.soft_bin === 0 ? "alarm: retest, no verdict" : `soft ${f.soft_bin} / hard ${f.hard_bin}`), m ? `with ${m}` : ""),
         card("Accuracy before", pct(f.accuracy_before === null ? null : 100 * f.accuracy_before)),
         card("Accuracy after", pct(f.accuracy_after === null ? null : 100 * f.accuracy_after)),
-        card("Tester time", `${num((f.tester_s || 0) + (f.test_time_s || 0), 2)} s`, "characterization + functional test"),
+        card("Tester time", f.tester_s === null && f.test_time_s === null ? dash : `${num((f.tester_s || 0) + (f.test_time_s || 0), 2)} s`, "characterization + functional test"),
       ),
       section("Signature", sigBody),
       section(
@@ -617,7 +631,7 @@
               {},
               table(
                 ["Model", "Image", "Accuracy", "Soft bin", "Hard bin", "Test time", "Tester", "Retries", "When"],
-                r.tests.map((t) => [`${t.model} ${t.model_version}`, t.calibrated ? "calibrated" : t.reason ? h("span", { title: t.reason }, "alarm") : "uncompensated", pct(t.accuracy_pct), chip(t.color, t.soft_bin), t.hard_bin, `${num(t.test_time_s, 3)} s`, testerLabel(t.provenance), t.retries, when(t.created_at)]),
+                r.tests.map((t) => [`${t.model} ${t.model_version}`, t.calibrated ? "calibrated" : t.accuracy_pct === null ? h("span", { title: t.reason || "" }, t.soft_bin === 0 ? "alarm (retest)" : "die fault") : "uncompensated", pct(t.accuracy_pct), chip(t.color, t.soft_bin), t.hard_bin, seconds(t.test_time_s), testerLabel(t.provenance), t.retries, when(t.created_at)]),
                 { class: "compact", id: "tests" },
               ),
               testsPlot,
@@ -641,7 +655,7 @@
     if (r.tests.length) {
       const models = [...new Set(r.tests.map((t) => `${t.model} ${t.model_version}`))];
       const latest = (cal) => models.map((m) => {
-        const ts = r.tests.filter((t) => `${t.model} ${t.model_version}` === m && t.calibrated === cal);
+        const ts = r.tests.filter((t) => `${t.model} ${t.model_version}` === m && t.calibrated === cal && t.accuracy_pct !== null);
         return ts.length ? ts[ts.length - 1].accuracy_pct : null;
       });
       await plot(

@@ -178,6 +178,14 @@ def die_states(session: Session, job_id: int, die_id: int) -> dict[str, str]:
     return {str(step): str(state) for step, state in rows}
 
 
+def item_attempts(session: Session, item_ids: Collection[int]) -> dict[int, int]:
+    """item id -> attempts recorded so far."""
+    if not item_ids:
+        return {}
+    rows = session.execute(select(JobItem.id, JobItem.attempts).where(JobItem.id.in_(list(item_ids))))
+    return {int(i): int(a) for i, a in rows}
+
+
 def finish_item(
     session: Session,
     *,

@@ -41,9 +41,10 @@ class DieSite:
 
 
 @dataclass(frozen=True)
-class LatestTest:
-    """The latest functional test of a die with one model, calibrated or not; ``site``: the test site
-    that ran it (``None``: not recorded)."""
+class TestRecord:
+    """One functional-test record of a die with one model: measured (``accuracy`` set; ``calibrated``:
+    ran the die's weight image) or not (an alarm or die fault: ``accuracy`` and ``test_time_s`` None,
+    ``alarm_code`` / ``reason`` say why). ``site``: the test site that ran it (``None``: not recorded)."""
 
     test_id: int
     die_id: int
@@ -51,12 +52,14 @@ class LatestTest:
     model_name: str
     model_version: str
     calibrated: bool
-    accuracy: float
+    accuracy: float | None
     hard_bin: int
     soft_bin: int
-    test_time_s: float
+    test_time_s: float | None
     created_at: datetime
     site: int | None = None
+    alarm_code: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,38 +128,16 @@ def die_sites(
     return [DieSite(*cast(tuple[Any, ...], row)) for row in session.execute(stmt)]
 
 
-def latest_tests(
+def model_tests(
     session: Session,
     lot_id: str,
     wafer: int | None = None,
     *,
-    model_id: int | None = None,
+    model_id: int,
     die_id: int | None = None,
-) -> list[LatestTest]:
-    """Per (die, model, calibrated or not): the latest test result, for every die of the lot (or of one
-    wafer, or the one die ``die_id``), with every model or only ``model_id``."""
-    calibrated = _calibrated()
-    rank = (
-        func.row_number()
-        .over(
-            partition_by=(TestResult.die_id, TestResult.model_id, calibrated),
-            order_by=(TestResult.created_at.desc(), TestResult.id.desc()),
-        )
-        .label("rank")
-    )
-    ranked = (
-        select(TestResult.id.label("test_id"), calibrated.label("calibrated"), rank)
-        .join(Die, TestResult.die_id == Die.id)
-        .join(Wafer, Die.wafer_id == Wafer.id)
-        .where(Wafer.lot_id == lot_id)
-    )
-    if wafer is not None:
-        ranked = ranked.where(Wafer.number == wafer)
-    if model_id is not None:
-        ranked = ranked.where(TestResult.model_id == model_id)
-    if die_id is not None:
-        ranked = ranked.where(TestResult.die_id == die_id)
-    sub = ranked.subquery()
+) -> list[TestRecord]:
+    """Every test record with the model of every die of the lot (or of one wafer, or the one die
+    ``die_id``), per die oldest first."""
     stmt = (
         select(
             TestResult.id,
@@ -164,22 +145,31 @@ def latest_tests(
             TestResult.model_id,
             Model.name,
             Model.version,
-            sub.c.calibrated,
+            _calibrated(),
             TestResult.accuracy,
             TestResult.hard_bin,
             TestResult.soft_bin,
             TestResult.test_time_s,
             TestResult.created_at,
             Provenance.site,
+            TestResult.alarm_code,
+            TestResult.reason,
         )
-        .join(sub, sub.c.test_id == TestResult.id)
+        .join(Die, TestResult.die_id == Die.id)
+        .join(Wafer, Die.wafer_id == Wafer.id)
         .join(Model, Model.id == TestResult.model_id)
         .outerjoin(Provenance, Provenance.id == TestResult.provenance_id)
-        .where(sub.c.rank == 1)
+        .where(Wafer.lot_id == lot_id, TestResult.model_id == model_id)
         .order_by(TestResult.die_id, TestResult.created_at, TestResult.id)
     )
+    if wafer is not None:
+        stmt = stmt.where(Wafer.number == wafer)
+    if die_id is not None:
+        stmt = stmt.where(TestResult.die_id == die_id)
     return [
-        LatestTest(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10], r[11])
+        TestRecord(
+            r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13]
+        )
         for r in session.execute(stmt)
     ]
 
@@ -214,18 +204,24 @@ def lot_counts(session: Session, lot_ids: Collection[str]) -> dict[str, LotCount
 
 
 def model_counts(
-    session: Session, lot_ids: Collection[str], *, pass_bins: tuple[int, int]
+    session: Session, lot_ids: Collection[str], *, pass_bins: tuple[int, int], alarm_bin: int
 ) -> list[ModelCounts]:
-    """Per (lot, model) tested on it: dies tested, dies whose final soft bin with that model is within
-    ``pass_bins`` (inclusive), and the latest test time. Ordered by lot, then model id."""
+    """Per (lot, model) tested on it (a verdict or an alarm): dies with a verdict with that model,
+    dies whose final verdict with it is within ``pass_bins`` (inclusive), and the latest test time.
+    A record in ``alarm_bin`` is a retest, not a verdict: a die whose only records are alarms is not
+    counted as tested (its model is still listed). The final verdict is the latest calibrated or
+    unmeasured (die fault) record, else the latest measured one before calibration. Ordered by lot,
+    then model id."""
     if not lot_ids:
         return []
     per_die_model = (TestResult.die_id, TestResult.model_id)
+    verdict = case((TestResult.soft_bin != alarm_bin, 1), else_=0)
+    decisive = case((TestResult.image_id.is_not(None) | TestResult.accuracy.is_(None), 1), else_=0)
     rank = (
         func.row_number()
         .over(
             partition_by=per_die_model,
-            order_by=(_calibrated().desc(), TestResult.created_at.desc(), TestResult.id.desc()),
+            order_by=(verdict.desc(), decisive.desc(), TestResult.created_at.desc(), TestResult.id.desc()),
         )
         .label("rank")
     )
@@ -250,7 +246,7 @@ def model_counts(
             final.c.model_id,
             Model.name,
             Model.version,
-            func.count(),
+            func.sum(case((final.c.soft_bin != alarm_bin, 1), else_=0)),
             passed,
             func.max(final.c.last_at),
         )
@@ -260,9 +256,58 @@ def model_counts(
         .order_by(final.c.lot_id, final.c.model_id)
     )
     return [
-        ModelCounts(lot, model_id, name, version, int(n), int(p or 0), last)
+        ModelCounts(lot, model_id, name, version, int(n or 0), int(p or 0), last)
         for lot, model_id, name, version, n, p, last in session.execute(stmt)
     ]
+
+
+def first_tests(
+    session: Session, lot_ids: Collection[str], *, pass_bins: tuple[int, int], alarm_bin: int
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Per (lot, model): dies with at least one test event with the model and dies whose first event
+    is a verdict within ``pass_bins``. Events are alarms (``alarm_bin``) and verdicts: calibrated or
+    unmeasured results, or, for a die that has neither, its results before calibration (the rule of
+    app/services/reporting/rows.py, in SQL for the lot list)."""
+    if not lot_ids:
+        return {}
+    per_die_model = (TestResult.die_id, TestResult.model_id)
+    is_alarm = TestResult.soft_bin == alarm_bin
+    decisive = case(
+        (~is_alarm & (TestResult.image_id.is_not(None) | TestResult.accuracy.is_(None)), 1), else_=0
+    )
+    rows = (
+        select(
+            Wafer.lot_id.label("lot_id"),
+            TestResult.id.label("id"),
+            TestResult.die_id.label("die_id"),
+            TestResult.model_id.label("model_id"),
+            TestResult.soft_bin.label("soft_bin"),
+            TestResult.created_at.label("created_at"),
+            case((is_alarm, 1), else_=0).label("alarm"),
+            decisive.label("decisive"),
+            func.max(decisive).over(partition_by=per_die_model).label("any_decisive"),
+        )
+        .join(Die, TestResult.die_id == Die.id)
+        .join(Wafer, Die.wafer_id == Wafer.id)
+        .where(Wafer.lot_id.in_(list(lot_ids)))
+        .subquery()
+    )
+    order = func.row_number().over(
+        partition_by=(rows.c.die_id, rows.c.model_id), order_by=(rows.c.created_at, rows.c.id)
+    )
+    events = (
+        select(rows.c.lot_id, rows.c.model_id, rows.c.soft_bin, order.label("rank"))
+        .where((rows.c.alarm == 1) | (rows.c.decisive == 1) | (rows.c.any_decisive == 0))
+        .subquery()
+    )
+    lo, hi = pass_bins
+    passed = func.sum(case((events.c.soft_bin.between(lo, hi), 1), else_=0))
+    stmt = (
+        select(events.c.lot_id, events.c.model_id, func.count(), passed)
+        .where(events.c.rank == 1)
+        .group_by(events.c.lot_id, events.c.model_id)
+    )
+    return {(lot, int(m)): (int(n), int(p or 0)) for lot, m, n, p in session.execute(stmt)}
 
 
 def jobs_for_lots(session: Session, lot_ids: Collection[str]) -> list[JobLink]:

@@ -6,10 +6,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from app.exports.records import BinInfo, DieRow
+from app.exports.records import ALARM_BIN, BinInfo, DieRow
 
 PASS_BINS = (1, 9)
-ALARM_BIN = 0
 
 UNTESTED_COLOR = "#d0d0d0"
 _PASS_COLORS = (
@@ -54,7 +53,7 @@ def soft_bin_color(soft_bin: int | None) -> str:
 
 def bin_info(soft_bin: int) -> BinInfo:
     if soft_bin == ALARM_BIN:
-        return BinInfo(soft_bin, "tester alarm", False)
+        return BinInfo(soft_bin, "tester alarm (retest)", False)
     if is_pass(soft_bin):
         return BinInfo(soft_bin, f"pass grade {soft_bin}", True)
     return BinInfo(soft_bin, f"fail bin {soft_bin}", False)
@@ -70,7 +69,8 @@ class BinCount:
 
 
 def pareto(rows: Iterable[DieRow]) -> list[BinCount]:
-    """Soft-bin counts of the tested dies, most frequent first (ties: lower bin first)."""
+    """Soft-bin counts of the dies with a result (a verdict, or only alarms: bin 0), most frequent
+    first (ties: lower bin first)."""
     counts = Counter(r.soft_bin for r in rows if r.soft_bin is not None)
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return [BinCount(b, bin_info(b).name, is_pass(b), n, soft_bin_color(b)) for b, n in ordered]

@@ -15,7 +15,7 @@ from app.db.repositories import signatures as signatures_repo
 from app.db.tables import Provenance
 from app.errors import InvalidInputError, NotFoundError
 from app.exports.records import DieRow
-from app.services.reporting.bins import PASS_BINS, is_pass, soft_bin_color
+from app.services.reporting.bins import ALARM_BIN, PASS_BINS, is_pass, soft_bin_color
 from app.services.reporting.rows import die_rows
 from app.services.reporting.scope import WhenSeveral, default_model, find_model, rank
 from hardware.driver import DieAddress
@@ -129,19 +129,25 @@ class ImageOut:
 
 @dataclass(frozen=True)
 class FunctionalTestOut:
+    """One test record of the die. ``accuracy_pct`` / ``test_time_s`` ``None``: nothing was measured (a
+    tester alarm, soft bin 0, whose ``passed`` is ``None``: retest, no verdict; or a die fault), with
+    ``alarm_code``, ``step`` and ``reason`` saying what happened."""
+
     model: str
     model_version: str
     calibrated: bool
-    accuracy_pct: float
+    accuracy_pct: float | None
     hard_bin: int
     soft_bin: int
-    passed: bool
+    passed: bool | None
     color: str
-    test_time_s: float
+    test_time_s: float | None
     created_at: datetime
     retries: int = 0
     provenance: ProvenanceOut | None = None
     reason: str | None = None
+    alarm_code: str | None = None
+    step: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,7 +185,7 @@ def die_report(session: Session, ecid: str, *, model: str | None = None) -> DieR
     chosen = find_model(session, model) if model is not None else None
     tested = repo.tests_for_die(session, die.id)
     on_die = {m.id for _, m in tested}
-    ranked = rank(repo.model_counts(session, [address.lot_id], pass_bins=PASS_BINS))
+    ranked = rank(repo.model_counts(session, [address.lot_id], pass_bins=PASS_BINS, alarm_bin=ALARM_BIN))
     mine = [c for c in ranked if c.model_id in on_die]
     if chosen is None:
         chosen = default_model(address.lot_id, mine or ranked, WhenSeveral.most_tested)
@@ -214,16 +220,18 @@ def die_report(session: Session, ecid: str, *, model: str | None = None) -> DieR
             model=m.name,
             model_version=m.version,
             calibrated=t.image_id is not None,
-            accuracy_pct=100.0 * t.accuracy,
+            accuracy_pct=None if t.accuracy is None else 100.0 * t.accuracy,
             hard_bin=t.hard_bin,
             soft_bin=t.soft_bin,
-            passed=is_pass(t.soft_bin),
+            passed=None if t.soft_bin == ALARM_BIN else is_pass(t.soft_bin),
             color=soft_bin_color(t.soft_bin),
             test_time_s=t.test_time_s,
             created_at=t.created_at,
             retries=t.retries,
             provenance=_provenance(testers, t.provenance_id),
             reason=t.reason,
+            alarm_code=t.alarm_code,
+            step=t.step,
         )
         for t, m in tested
     ]

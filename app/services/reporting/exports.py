@@ -95,6 +95,7 @@ def _part(r: DieRow) -> PartResult:
         results=tuple((t.number, v) for t, v in values if v is not None),
         text=r.model or "",
         site=stdf_site(r.site),
+        abnormal_end=r.retest_pending,
     )
 
 
@@ -167,12 +168,18 @@ def _lot_result(session: Session, scope: LotScope, version: str) -> LotResult:
                 started_at=start,
                 finished_at=finish,
                 parts=tuple(_part(r) for r in tested),
+                retested=sum(r.n_tests > 1 for r in tested),
+                aborts=sum(r.n_alarms for r in tested),
             )
         )
     start, finish = _span(rows, lot.created_at)
     bins = {r.soft_bin: bin_info(r.soft_bin) for r in rows if r.soft_bin is not None}
     hard = {
-        r.hard_bin: BinInfo(r.hard_bin, f"hard bin {r.hard_bin}", bool(r.passed))
+        r.hard_bin: BinInfo(
+            r.hard_bin,
+            bin_info(r.hard_bin).name if r.retest_pending else f"hard bin {r.hard_bin}",
+            bool(r.passed),
+        )
         for r in rows
         if r.hard_bin is not None
     }

@@ -14,7 +14,7 @@ from app.db.repositories import lots as lots_repo
 from app.db.repositories import reporting as repo
 from app.db.repositories.reporting import ModelCounts
 from app.exports.records import DieRow
-from app.services.reporting.bins import PASS_BINS, BinCount, pareto
+from app.services.reporting.bins import ALARM_BIN, PASS_BINS, BinCount, pareto
 from app.services.reporting.rows import die_rows
 from app.services.reporting.scope import (
     ModelTested,
@@ -35,6 +35,7 @@ from app.services.reporting.stats import (
     spc_chart,
     yield_pct,
 )
+from app.services.reporting.yields import Yields, yields
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class JobLinkOut:
 
 @dataclass(frozen=True)
 class LotRow:
-    """A lot in the list; the tested / passing counts and yield are of ``model``."""
+    """A lot in the list; the tested / passing counts and yields are of ``model``: ``yield_pct`` final
+    (dies with a verdict), ``first_pass_yield_pct`` of the first test events (alarms included)."""
 
     lot_id: str
     product: str
@@ -61,6 +63,7 @@ class LotRow:
     yield_pct: float | None
     models: list[ModelTested]
     latest_job: JobLinkOut | None
+    first_pass_yield_pct: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,9 @@ def list_lots(session: Session, *, limit: int, offset: int, model: str | None = 
     ids = [lot.lot_id for lot in page]
     counts = repo.lot_counts(session, ids)
     by_lot: dict[str, list[ModelCounts]] = defaultdict(list)
-    for mc in repo.model_counts(session, ids, pass_bins=PASS_BINS):
+    for mc in repo.model_counts(session, ids, pass_bins=PASS_BINS, alarm_bin=ALARM_BIN):
         by_lot[mc.lot_id].append(mc)
+    first = repo.first_tests(session, ids, pass_bins=PASS_BINS, alarm_bin=ALARM_BIN)
     jobs = _job_links(session, ids)
     items = []
     for lot in page:
@@ -96,6 +100,9 @@ def list_lots(session: Session, *, limit: int, offset: int, model: str | None = 
         shown = chosen or default_model(lot.lot_id, ranked, WhenSeveral.most_tested)
         of_shown = next((m for m in ranked if shown is not None and m.model_id == shown.id), None)
         n_tested, n_passed = (0, 0) if of_shown is None else (of_shown.n_tested, of_shown.n_passed)
+        n_first_tested, n_first_passed = (
+            (0, 0) if shown is None else first.get((lot.lot_id, shown.id), (0, 0))
+        )
         items.append(
             LotRow(
                 lot_id=lot.lot_id,
@@ -110,6 +117,7 @@ def list_lots(session: Session, *, limit: int, offset: int, model: str | None = 
                 yield_pct=yield_pct(n_passed, n_tested),
                 models=[model_tested(m) for m in ranked],
                 latest_job=next(iter(jobs.get(lot.lot_id, [])), None),
+                first_pass_yield_pct=yield_pct(n_first_passed, n_first_tested),
             )
         )
     return LotList(items=items, total=total, limit=limit, offset=offset)
@@ -125,11 +133,16 @@ class WaferLine:
     yield_pct: float | None
     mean_accuracy_before_pct: float | None
     mean_accuracy_after_pct: float | None
+    first_pass_yield_pct: float | None = None
+    n_retest_pending: int = 0
 
 
 @dataclass(frozen=True)
 class LotReport:
-    """One lot with one model (``model``); ``models`` lists every model tested on the lot."""
+    """One lot with one model (``model``); ``models`` lists every model tested on the lot.
+    ``n_tested`` / ``n_passed`` / ``yield_pct`` are the final yield's; ``yields`` adds first-pass
+    yield and retest counts (:mod:`.yields`). Accuracy lists and statistics hold measured values
+    only: an alarm or die fault measures nothing and is not in them."""
 
     lot_id: str
     product: str
@@ -151,6 +164,7 @@ class LotReport:
     yield_trend: SpcChart
     accuracy_trend: SpcChart
     jobs: list[JobLinkOut]
+    yields: Yields | None = None
 
 
 def lot_report(session: Session, lot_id: str, *, model: str | None = None) -> LotReport:
@@ -164,24 +178,25 @@ def lot_report(session: Session, lot_id: str, *, model: str | None = None) -> Lo
     wafers = []
     for w in lot.wafers:
         wr = by_wafer.get(w.number, [])
-        tested = [r for r in wr if r.soft_bin is not None]
-        n_passed = sum(bool(r.passed) for r in tested)
+        wy = yields(wr)
         wafers.append(
             WaferLine(
                 number=w.number,
                 n_sites=w.n_sites,
                 n_characterized=sum(r.signature_version is not None for r in wr),
-                n_tested=len(tested),
-                n_passed=n_passed,
-                yield_pct=yield_pct(n_passed, len(tested)),
+                n_tested=wy.n_tested,
+                n_passed=wy.n_passed,
+                yield_pct=wy.yield_pct,
                 mean_accuracy_before_pct=pct(mean(r.accuracy_before for r in wr)),
                 mean_accuracy_after_pct=pct(mean(r.accuracy_after for r in wr)),
+                first_pass_yield_pct=wy.first_pass_yield_pct,
+                n_retest_pending=wy.n_retest_pending,
             )
         )
     before = [100.0 * r.accuracy_before for r in rows if r.accuracy_before is not None]
     after = [100.0 * r.accuracy_after for r in rows if r.accuracy_after is not None]
-    n_tested = sum(w.n_tested for w in wafers)
-    n_passed = sum(w.n_passed for w in wafers)
+    lot_yields = yields(rows)
+    n_tested, n_passed = lot_yields.n_tested, lot_yields.n_passed
     return LotReport(
         lot_id=lot.lot_id,
         product=lot.product,
@@ -205,4 +220,5 @@ def lot_report(session: Session, lot_id: str, *, model: str | None = None) -> Lo
             "mean accuracy after calibration", "%", [(w.number, w.mean_accuracy_after_pct) for w in wafers]
         ),
         jobs=_job_links(session, [lot.lot_id]).get(lot.lot_id, []),
+        yields=lot_yields,
     )

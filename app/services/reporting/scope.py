@@ -29,7 +29,7 @@ from app.db.repositories import reporting as repo
 from app.db.repositories.reporting import ModelCounts
 from app.db.tables import Lot
 from app.errors import InvalidInputError, NotFoundError
-from app.services.reporting.bins import PASS_BINS
+from app.services.reporting.bins import ALARM_BIN, PASS_BINS
 from app.services.reporting.stats import yield_pct
 
 MODEL_REF_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,32}$"
@@ -146,7 +146,7 @@ def lot_scope(session: Session, lot_id: str, model: str | None, *, when_several:
     """The lot, the models tested on it and the model to report (``model`` or the default)."""
     lot = get_lot(session, lot_id)
     chosen = find_model(session, model) if model is not None else None
-    ranked = rank(repo.model_counts(session, [lot.lot_id], pass_bins=PASS_BINS))
+    ranked = rank(repo.model_counts(session, [lot.lot_id], pass_bins=PASS_BINS, alarm_bin=ALARM_BIN))
     if chosen is None:
         chosen = default_model(lot.lot_id, ranked, when_several)
     return LotScope(lot=lot, models=[model_tested(c) for c in ranked], model=chosen)

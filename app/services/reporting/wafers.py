@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 from app.services.reporting.bins import UNTESTED_COLOR, BinCount, pareto, soft_bin_color
 from app.services.reporting.rows import die_rows
 from app.services.reporting.scope import ModelTested, WhenSeveral, lot_scope, require_wafer
-from app.services.reporting.stats import pct, yield_pct
+from app.services.reporting.stats import pct
+from app.services.reporting.yields import Yields, yields
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class WaferDie:
     n_stuck_cells: int | None
     tester_s: float | None
     test_time_s: float | None
+    first_pass: bool | None = None
+    n_tests: int = 0
+    n_alarms: int = 0
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,9 @@ class MapFrame:
 
 @dataclass(frozen=True)
 class WaferReport:
-    """One wafer with one model (``model``); ``models`` lists every model tested on the lot."""
+    """One wafer with one model (``model``); ``models`` lists every model tested on the lot.
+    ``n_tested`` / ``n_passed`` / ``yield_pct``: final yield (dies with a verdict); ``yields`` adds
+    first-pass yield and retest counts. The legend counts bin 0 (alarm, retest) apart from both."""
 
     lot_id: str
     product: str
@@ -84,6 +91,7 @@ class WaferReport:
     legend: list[BinCount]
     dies: list[WaferDie]
     parametrics: list[Parametric] = field(default_factory=lambda: list(PARAMETRICS))
+    yields: Yields | None = None
 
 
 def wafer_report(session: Session, lot_id: str, number: int, *, model: str | None = None) -> WaferReport:
@@ -109,6 +117,10 @@ def wafer_report(session: Session, lot_id: str, number: int, *, model: str | Non
             n_stuck_cells=r.n_stuck_cells,
             tester_s=r.tester_s,
             test_time_s=r.test_time_s,
+            first_pass=r.first_pass,
+            n_tests=r.n_tests,
+            n_alarms=r.n_alarms,
+            reason=r.reason,
         )
         for r in rows
     ]
@@ -116,8 +128,7 @@ def wafer_report(session: Session, lot_id: str, number: int, *, model: str | Non
     n_untested = sum(r.soft_bin is None for r in rows)
     if n_untested:
         legend.append(BinCount(None, "untested", False, n_untested, UNTESTED_COLOR))
-    n_tested = len(rows) - n_untested
-    n_passed = sum(bool(r.passed) for r in rows)
+    wafer_yields = yields(rows)
     xs, ys = [r.x for r in rows] or [0], [r.y for r in rows] or [0]
     return WaferReport(
         lot_id=lot.lot_id,
@@ -127,11 +138,12 @@ def wafer_report(session: Session, lot_id: str, number: int, *, model: str | Non
         models=scope.models,
         n_sites=len(rows),
         n_characterized=sum(r.signature_version is not None for r in rows),
-        n_tested=n_tested,
-        n_passed=n_passed,
-        yield_pct=yield_pct(n_passed, n_tested),
+        n_tested=wafer_yields.n_tested,
+        n_passed=wafer_yields.n_passed,
+        yield_pct=wafer_yields.yield_pct,
         frame=MapFrame(min(xs), max(xs), min(ys), max(ys)),
         shape=next(w.shape for w in lot.wafers if w.number == number),
         legend=legend,
         dies=dies,
+        yields=wafer_yields,
     )

@@ -20,8 +20,13 @@ from hardware.driver import (
     ProtocolError,
 )
 from hardware.sim.driver import FleetConfig, SimulatedDriver, SimulatedFleet
-from hardware.sim.oracle import oracle_die_truth
-from hardware.sim.variation import VariationConfig
+from hardware.sim.oracle import (
+    oracle_die_truth,
+    oracle_driver_truth,
+    oracle_fleet_config,
+    oracle_fleet_die,
+)
+from hardware.sim.variation import DieVariation, FaultConfig, VariationConfig
 
 DIE = DieAddress("LOT1", 2, 3, -1)
 
@@ -52,7 +57,7 @@ def test_readout_follows_the_hidden_variation() -> None:
     """Average codes match gain * ideal sum + offset of the oracle truth, column by column."""
     d = _driver(noise_seed=3)
     g = d.geometry()
-    truth = oracle_die_truth(d.fleet.config, DIE)
+    truth = oracle_die_truth(oracle_fleet_config(d), DIE)
     d.write_macro(1, np.ones((g.rows, g.phys_cols), dtype=np.int8))
     x = np.zeros((400, g.rows), dtype=np.uint8)
     x[:, :10] = 1  # ideal sum 10 on every column
@@ -95,7 +100,7 @@ def test_every_fault_knob_raises_its_error() -> None:
 
 def test_contact_loss_requires_a_new_probe() -> None:
     d = _driver(p_contact_loss=0.0)
-    d.fleet = SimulatedFleet(FleetConfig(faults=d.fleet.config.faults.__class__(p_contact_loss=1.0)))
+    d.swap_fleet(SimulatedFleet(FleetConfig(faults=FaultConfig(p_contact_loss=1.0))))
     with pytest.raises(ContactError):
         d.read_macro(0, np.zeros((1, 256), dtype=np.uint8))
     with pytest.raises(NotConnectedError, match="probe"):
@@ -166,6 +171,41 @@ def test_a_broadcast_write_costs_one_shift_and_a_latch_per_further_macro() -> No
 
 def test_fleet_cache_is_bounded() -> None:
     fleet = SimulatedFleet(cache_dies=2)
-    for x in range(5):
-        fleet.die(DieAddress("LOT1", 1, x, 0))
-    assert len(fleet._cache) == 2
+    first = oracle_fleet_die(fleet, DieAddress("LOT1", 1, 0, 0))
+    assert oracle_fleet_die(fleet, DieAddress("LOT1", 1, 0, 0)) is first  # cached
+    for x in range(1, 5):
+        oracle_fleet_die(fleet, DieAddress("LOT1", 1, x, 0))
+    assert oracle_fleet_die(fleet, DieAddress("LOT1", 1, 0, 0)) is not first  # evicted, drawn again
+
+
+def _reachable_public(obj: object, depth: int = 3) -> list[object]:
+    """Every object reachable from ``obj`` through public attributes (no leading underscore)."""
+    seen: dict[int, object] = {}
+    frontier = [obj]
+    for _ in range(depth):
+        nxt = []
+        for o in frontier:
+            for name in dir(o):
+                if name.startswith("_"):
+                    continue
+                try:
+                    v = getattr(o, name)
+                except Exception:
+                    continue
+                if id(v) not in seen and not callable(v):
+                    seen[id(v)] = v
+                    nxt.append(v)
+        frontier = nxt
+    return list(seen.values())
+
+
+def test_no_public_attribute_of_a_probed_driver_leads_to_the_hidden_truth() -> None:
+    d = _driver()
+    d.write_macro(0, np.ones((256, 68), dtype=np.int8))
+    assert not hasattr(d, "fleet")
+    reachable = _reachable_public(d)
+    hidden = (SimulatedFleet, DieVariation, np.random.Generator)
+    assert [type(v).__name__ for v in reachable if isinstance(v, hidden)] == []
+    # ... while the ORACLE still reaches it, for tests and benchmarks.
+    assert oracle_fleet_config(d).seed == 2022
+    assert np.array_equal(oracle_driver_truth(d, DIE).offset_mac, oracle_die_truth(FleetConfig(), DIE).offset_mac)

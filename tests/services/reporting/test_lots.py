@@ -31,7 +31,8 @@ def test_lot_list_counts_agree_with_the_lot_report(session: Session) -> None:
     assert row.latest_job is not None and row.latest_job.job_id == demo.job_id
     assert row.model == report.model == demo.model
     assert [b.count for b in report.pareto] == sorted((b.count for b in report.pareto), reverse=True)
-    assert sum(b.count for b in report.pareto) == len(demo.tested)
+    # The pareto counts every die with a result, the alarmed one (bin 0) too; yields do not.
+    assert sum(b.count for b in report.pareto) == len(demo.with_result) == len(demo.tested) + 1
     assert len(report.accuracy_after_pct) == len(demo.tested)
     assert report.accuracy_after_stats.mean == pytest.approx(
         statistics.fmean(100 * (d.accuracy_after or 0) for d in demo.tested)
@@ -50,7 +51,9 @@ def test_each_model_has_its_own_report(session: Session, two_models: tuple[DemoL
     for demo in two_models:
         report = lot_report(session, "DEMO001", model=demo.model)
         assert report.model == demo.model
-        assert {b.soft_bin: b.count for b in report.pareto} == dict(Counter(d.soft_bin for d in demo.tested))
+        assert {b.soft_bin: b.count for b in report.pareto} == dict(
+            Counter(d.soft_bin for d in demo.with_result)
+        )
         assert (report.n_tested, report.n_passed) == (len(demo.tested), _passed(demo))
         assert sorted(report.accuracy_after_pct) == pytest.approx(
             sorted(100 * (d.accuracy_after or 0) for d in demo.tested)
@@ -61,7 +64,7 @@ def test_each_model_has_its_own_report(session: Session, two_models: tuple[DemoL
         # The signature is the die's: characterized dies do not depend on the model.
         assert report.n_characterized == sum(d.characterized for d in demo.dies.values())
         for w in report.wafers:
-            on = [d for d in demo.on_wafer(w.number) if d.soft_bin is not None]
+            on = [d for d in demo.on_wafer(w.number) if d.soft_bin not in (None, 0)]
             assert (w.n_tested, w.n_passed) == (len(on), sum(1 <= (d.soft_bin or 0) <= 9 for d in on))
     first = two_models[0]
     assert {b.soft_bin for b in lot_report(session, "DEMO001", model=SECOND_MODEL).pareto} <= {3, 13}
