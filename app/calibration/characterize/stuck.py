@@ -78,39 +78,69 @@ class StuckTest:
 
 
 _LLR_BIN = 1.0 / 32.0
-_LLR_LIM = 64.0
-_LLR_CENTRES = -_LLR_LIM + (np.arange(int(2 * _LLR_LIM / _LLR_BIN) + 1) + 0.5) * _LLR_BIN
+_LLR_LO, _LLR_HI = -16.0, 48.0
+_LLR_CENTRES = _LLR_LO + (np.arange(int((_LLR_HI - _LLR_LO) / _LLR_BIN) + 1) + 0.5) * _LLR_BIN
 """Histogram of the cells' log likelihood ratios for :func:`stuck_fraction`: bins of 1/32 (a cell's
-posterior changes by at most 1.6 % within one) over [-64, 64] (beyond, a cell is certainly healthy
-or certainly stuck whatever the prior; the ratios are clipped there)."""
+posterior changes by at most 1.6 % within one) over [-16, 48]; ratios beyond are counted in the end
+bins. A cell at -16 or below adds at most ``pi e^-16`` to the expected stuck count, so all of them
+together move the estimate by less than 1e-6 of itself; above 48 a cell is stuck whatever ``pi``."""
 
 
 def _llr_counts(
-    st: ColumnStats, cols: NDArray[np.int64], mag: NDArray[np.float64], sd_z: NDArray[np.float64]
+    st: ColumnStats,
+    abs_d: NDArray[np.float32],
+    cols: NDArray[np.int64],
+    mag: NDArray[np.float64],
+    sd_z: NDArray[np.float64],
 ) -> NDArray[np.int64]:
     """The histogram (over :data:`_LLR_CENTRES`) of the log likelihood ratio, stuck against healthy,
     of every cell of the columns ``cols``: ``(|d| mag - mag^2 / 2) / s_d^2`` with ``s_d`` the
-    standard error of ``d_hat`` (the statistic of the MAP test)."""
+    standard error of ``d_hat`` (the statistic of the MAP test); ``abs_d`` is ``|d_hat|``. Only the
+    cells whose ratio can exceed the histogram's lower end are evaluated (few on a quiet die)."""
+    n_bins = _LLR_CENTRES.size
     if cols.size == 0:
-        return np.zeros(_LLR_CENTRES.size, np.int64)
+        return np.zeros(n_bins, np.int64)
     var_z = np.maximum(sd_z[cols] ** 2, 1e-12)
     a = (mag[cols] / var_z).astype(np.float32)
     b = (0.5 * mag[cols] ** 2 / var_z).astype(np.float32)
-    x = np.abs(st.d_hat[:, cols])
-    x *= a
-    x -= b
-    x *= st.dm.row_energy.astype(np.float32)[:, None]  # 1 / noise_row^2
+    # The matched filter's energy per cell (1 / noise^2): per row, or per cell on censored columns.
+    e_row = st.dm.row_energy.astype(np.float32)
     ci = st.cens_index[cols]
     cens = np.flatnonzero(ci >= 0)
-    if cens.size:  # censored columns: their own matched-filter energy per cell
-        x[:, cens] = (np.abs(st.d_hat[:, cols[cens]]) * a[cens] - b[cens]) / (
-            st.noise_cens[:, ci[cens]] ** 2
-        ).astype(np.float32)
-    np.nan_to_num(x, copy=False, nan=-_LLR_LIM)
-    np.clip(x, -_LLR_LIM, _LLR_LIM, out=x)
-    x += _LLR_LIM
-    x *= 1.0 / _LLR_BIN
-    return np.bincount(x.astype(np.int32).ravel(), minlength=_LLR_CENTRES.size)
+    e_cens = (1.0 / st.noise_cens[:, ci[cens]] ** 2).astype(np.float32)
+    e_max = np.full(cols.size, float(e_row.max()))
+    if cens.size:
+        e_max[cens] = e_cens.max(axis=0)
+    # ratio > LO needs |d| > (b - |LO| / e) / a; with the largest energy of the column, a superset.
+    thr = ((b - (-_LLR_LO) / e_max) / np.maximum(a, 1e-30)).astype(np.float32)
+    sub = abs_d if cols.size == abs_d.shape[1] else abs_d[:, cols]
+    sel = sub > thr[None, :]
+    k = int(np.count_nonzero(sel))
+    if k > sub.size // 4:
+        x = sub * a  # every cell
+        x -= b
+        x *= e_row[:, None]
+        if cens.size:
+            x[:, cens] = (sub[:, cens] * a[cens] - b[cens]) * e_cens
+        rest = 0
+    else:
+        r, c = np.nonzero(sel)
+        e = e_row[r]
+        if cens.size:
+            pos = np.full(cols.size, -1, np.int64)
+            pos[cens] = np.arange(cens.size)
+            pc = pos[c]
+            on = pc >= 0
+            e[on] = e_cens[r[on], pc[on]]
+        x = (sub[r, c] * a[c] - b[c]) * e
+        rest = sub.size - k
+    x -= np.float32(_LLR_LO)
+    x *= np.float32(1.0 / _LLR_BIN)
+    np.fmax(x, 0.0, out=x)  # fmax: a NaN ratio counts as a healthy cell
+    np.minimum(x, n_bins - 1, out=x)
+    counts = np.bincount(x.astype(np.int32).ravel(), minlength=n_bins)
+    counts[0] += rest
+    return counts
 
 
 def stuck_fraction(counts: NDArray[np.int64], iterations: int = 100) -> float:
@@ -148,14 +178,16 @@ def stuck_test(
     MAP test can read)."""
     mag_all = np.maximum(np.abs(gain0), 0.05)
     sd_z = np.sqrt(np.maximum(st.zz / st.cnt, 1e-12))
+    abs_d = np.abs(st.d_hat)
     measured = config.stuck_prior is None
-    ok_cols = np.flatnonzero(fit_ok)
-    counts = _llr_counts(st, ok_cols, mag_all, sd_z) if measured else np.zeros(0, np.int64)
+    counts = (
+        _llr_counts(st, abs_d, np.flatnonzero(fit_ok), mag_all, sd_z) if measured else np.zeros(0, np.int64)
+    )
     used = min(stuck_fraction(counts), 0.5) if config.stuck_prior is None else config.stuck_prior
     prior = math.log((1.0 - used) / used)
     # log LR > prior >= 0 needs |d| * mag > mag^2 / 2: only those cells can be candidates.
     floor = 0.5 * mag_all if prior >= 0 else np.zeros_like(mag_all)
-    pr, pc = np.nonzero(np.abs(st.d_hat) > floor.astype(np.float32)[None, :])
+    pr, pc = np.nonzero(abs_d > floor.astype(np.float32)[None, :])
     keep = fit_ok[pc]
     pr, pc = pr[keep].astype(np.int64), pc[keep].astype(np.int64)
     dv = st.d_hat[pr, pc].astype(np.float64)
@@ -177,7 +209,11 @@ def stuck_test(
         if measured and i == 0:
             # Only the columns holding stuck cells changed: their cells move in the histogram.
             aff = np.unique(pc[stuck])
-            counts = counts - _llr_counts(st, aff, mag_all, sd_z) + _llr_counts(st, aff, mag_all, new_sd_z)
+            counts = (
+                counts
+                - _llr_counts(st, abs_d, aff, mag_all, sd_z)
+                + _llr_counts(st, abs_d, aff, mag_all, new_sd_z)
+            )
             used = min(stuck_fraction(counts), 0.5)
             prior = math.log((1.0 - used) / used)
         sd_z = new_sd_z
