@@ -1,6 +1,7 @@
 """Characterization per die: host CPU of estimation, tester seconds, stuck-cell maps, accuracy.
 
-    python -m bench.characterize [--dies 6] [--seed 0] [--scale 4.5] [--curve] [--accuracy] [--json PATH]
+    python -m bench.characterize [--dies 6] [--seed 0] [--scale 4.5] [--curve] [--accuracy]
+                                 [--stuck-prior P] [--json PATH]
 
 On the simulated fleet (seed 2022), one die after another in this process with one BLAS / torch
 thread, every die measured in every setting with the same read-noise seed:
@@ -13,6 +14,8 @@ thread, every die measured in every setting with the same read-noise seed:
   driver charged. Stuck-cell recall and false positives are counted against the simulator's hidden
   truth (ORACLE, evaluation only). With ``accuracy=True`` every die is also compensated for the
   benchmark model and functionally tested (``kws-bnn@1`` on 360 test clips, as bench.quality).
+  The stuck-cell prior of the short pass is measured on each die (its median is reported) unless
+  ``stuck_prior`` (``--stuck-prior``) fixes one for the production setting.
 * ``curve(...)``: accuracy against tester seconds over read budgets, for broadcast and one-macro-at-a-
   time writes (the figure of docs/calibration.md, "Tester time").
 
@@ -125,6 +128,7 @@ def _die_record(
         "stuck_found": int((found & true).sum()),
         "stuck_false": int((found & ~true).sum()),
         "has_cell_error": sig.has_cell_error,
+        "stuck_prior": float(sig.meta["stuck"]["prior"]),
     }
     if accuracy is not None:
         rec["accuracy"] = accuracy(drv, sig, addr.ecid)
@@ -148,6 +152,7 @@ def _summary(setting: Setting, recs: list[dict[str, Any]]) -> dict[str, Any]:
         "stuck_recall": n_found / n_true if n_true else 1.0,
         "stuck_false_positives": n_false,
         "stuck_true": n_true,
+        "stuck_prior_median": statistics.median(r["stuck_prior"] for r in recs),
     }
     if recs and "accuracy" in recs[0]:
         acc = [r["accuracy"] for r in recs]
@@ -164,6 +169,7 @@ def measure(
     accuracy: bool = False,
     before: bool = False,
     model: str = "kws-bnn@1",
+    stuck_prior: float | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Production characterization on ``dies`` dies (and the previous setting with ``before``): the
@@ -171,7 +177,11 @@ def measure(
     the production setting's."""
     _one_thread()
     acc = _Accuracy(model, seed) if accuracy else None
-    settings = [PRODUCTION, PREVIOUS] if before else [PRODUCTION]
+    prod_setting = PRODUCTION
+    if stuck_prior is not None:
+        name = f"production, stuck prior {stuck_prior:g}"
+        prod_setting = Setting(name, DEFAULT_BUDGET, CharacterizationConfig(stuck_prior=stuck_prior))
+    settings = [prod_setting, PREVIOUS] if before else [prod_setting]
     rows = []
     for setting in settings:
         recs = [_die_record(setting, scale, seed, d, acc) for d in range(dies)]
@@ -224,7 +234,7 @@ def _line(r: dict[str, Any]) -> str:
         f"{r['setting']}: estimate {r['estimate_ms_median']:.1f} ms CPU (median), tester {r['tester_s_per_die']:.4f} s, "
         f"{r['write_calls_per_die']:.0f} write calls, {r['read_vectors_per_die']:.0f} read vectors, "
         f"stuck recall {100 * r['stuck_recall']:.1f} % ({r['stuck_true']} cells), "
-        f"{r['stuck_false_positives']} false{acc}"
+        f"{r['stuck_false_positives']} false, stuck prior {r['stuck_prior_median']:.2e} (median){acc}"
     )
 
 
@@ -238,10 +248,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--curve", action="store_true", help="accuracy vs tester seconds over read budgets")
     p.add_argument("--budgets", type=int, nargs="*", default=[2048, 4096, 8192, 16384, 32768, 131072])
     p.add_argument("--model", default="kws-bnn@1")
+    p.add_argument(
+        "--stuck-prior", type=float, default=None, help="fix the production stuck prior (default: measured)"
+    )
     p.add_argument("--json", help="write the figures to this file")
     a = p.parse_args(argv)
     out: dict[str, Any] = measure(
-        a.dies, a.seed, scale=a.scale, accuracy=a.accuracy, before=a.before, model=a.model, log=print
+        a.dies,
+        a.seed,
+        scale=a.scale,
+        accuracy=a.accuracy,
+        before=a.before,
+        model=a.model,
+        stuck_prior=a.stuck_prior,
+        log=print,
     )
     if a.curve:
         out["curve"] = curve(a.dies, a.seed, scale=a.scale, budgets=a.budgets, model=a.model, log=print)
