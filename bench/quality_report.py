@@ -248,7 +248,8 @@ def render_section(result: dict[str, Any]) -> list[str]:
             f"Mean accuracy stays within {_pct(min(accs))}-{_pct(max(accs))} % over the whole sweep: gain and "
             "offset need only a few reads per macro to be pinned well below the read noise (whose size also "
             "sets the precision they need, so the number of reads does not grow with the variation), and the "
-            "tester time of characterization is dominated by its 64 macro writes (0.128 s). Larger budgets "
+            "tester time of characterization grows slowly with the budget: its pattern writes are a fixed cost "
+            "(2 broadcast writes since issue 12; 64 single writes, 0.128 s, on a tester without). Larger budgets "
             "buy stuck-cell detection at high variation and, from ~65k vectors, per-cell errors (worth 0 to "
             "0.7 points in the ablations of docs/calibration.md, within their run-to-run noise).",
         ]

@@ -11,7 +11,7 @@ import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
@@ -132,18 +132,28 @@ class DieIdentity:
 class TimingModel:
     """Tester seconds charged per operation (defaults are those of a mid-range memory tester).
 
-    A macro write shifts ``rows x phys_cols`` bits through a serial port (~2 ms); a read call pays a
-    set-up overhead plus ``read_vector_s`` per input vector (a 1 MHz word-line drive); programming an
-    image pays per written macro plus a set-up; an inference pays per input vector.
+    A macro write shifts ``rows x phys_cols`` bits through a serial port (~2 ms); a broadcast write
+    (:meth:`Driver.write_macros` on a tester that has one) shifts the pattern once and latches it into
+    every selected macro, ``broadcast_macro_s`` per further macro; a read call pays a set-up overhead
+    plus ``read_vector_s`` per input vector (a 1 MHz word-line drive); programming an image pays per
+    written macro plus a set-up; an inference pays per input vector.
     """
 
     probe_s: float = 0.25
     write_macro_s: float = 2.0e-3
+    broadcast_macro_s: float = 50e-6
     read_call_s: float = 50e-6
     read_vector_s: float = 1.0e-6
     program_setup_s: float = 5.0e-3
     inference_vector_s: float = 20e-6
     inference_call_s: float = 1.0e-3
+
+    def write_macros_s(self, n_macros: int, *, broadcast: bool) -> float:
+        """Tester seconds of writing one pattern into ``n_macros`` macros: one shift and a latch per
+        further macro on a broadcasting tester, ``n_macros`` full writes on one without."""
+        if broadcast:
+            return self.write_macro_s + self.broadcast_macro_s * max(n_macros - 1, 0)
+        return self.write_macro_s * n_macros
 
 
 @dataclass
@@ -151,7 +161,8 @@ class OpCounters:
     """Counts of every operation since the last :meth:`Driver.reset_counters`."""
 
     probes: int = 0
-    macro_writes: int = 0
+    macro_writes: int = 0  # macros written (a broadcast write counts every macro it writes)
+    write_calls: int = 0  # write operations (write_macro or write_macros calls)
     read_calls: int = 0
     read_vectors: int = 0
     image_programs: int = 0
@@ -198,6 +209,9 @@ class Driver(ABC):
     name: ClassVar[str] = "abstract"
     version: ClassVar[str | None] = None
     Options: ClassVar[type[BaseModel]] = NoOptions
+    broadcast_writes: ClassVar[bool] = False
+    """True where the tester writes one pattern into several macros in one operation: the driver then
+    implements :meth:`_write_macros` and is charged :meth:`TimingModel.write_macros_s` with broadcast."""
 
     def __init__(
         self,
@@ -299,14 +313,32 @@ class Driver(ABC):
         """Write ``weights`` int8 (rows, phys_cols) in {-1,+1} into macro ``macro``."""
         geo = self._require_die("write_macro")
         self._check_macro(geo, macro)
-        w = np.asarray(weights)
-        if w.shape != (geo.rows, geo.phys_cols):
-            raise ValueError(f"weights shape {w.shape}, expected ({geo.rows}, {geo.phys_cols})")
-        if not np.all((w == 1) | (w == -1)):
-            raise ValueError("weights must be -1 or +1")
-        self._call("write_macro", timeout_s, lambda: self._write_macro(macro, w.astype(np.int8, copy=False)))
+        w = self._check_weights(geo, weights)
+        self._call("write_macro", timeout_s, lambda: self._write_macro(macro, w))
         self.counters.macro_writes += 1
+        self.counters.write_calls += 1
         self._charge(self.timing.write_macro_s)
+
+    def write_macros(
+        self, macros: Sequence[int], weights: NDArray[np.int8], timeout_s: float | None = None
+    ) -> None:
+        """Write one pattern ``weights`` int8 (rows, phys_cols) in {-1,+1} into every macro of ``macros``
+        (distinct, at least one), in one operation where the tester broadcasts (``broadcast_writes``),
+        else one macro write after another. Either way every listed macro holds the pattern afterwards
+        and ``counters.macro_writes`` grows by ``len(macros)``."""
+        geo = self._require_die("write_macros")
+        ms = tuple(int(m) for m in macros)
+        if not ms:
+            raise ValueError("write_macros needs at least one macro")
+        if len(set(ms)) != len(ms):
+            raise ValueError(f"write_macros: macros {list(ms)} repeat a macro")
+        for m in ms:
+            self._check_macro(geo, m)
+        w = self._check_weights(geo, weights)
+        self._call("write_macros", timeout_s, lambda: self._write_macros(ms, w))
+        self.counters.macro_writes += len(ms)
+        self.counters.write_calls += 1
+        self._charge(self.timing.write_macros_s(len(ms), broadcast=self.broadcast_writes))
 
     def read_macro(
         self, macro: int, inputs: NDArray[np.integer] | NDArray[np.bool_], timeout_s: float | None = None
@@ -367,6 +399,12 @@ class Driver(ABC):
     @abstractmethod
     def _write_macro(self, macro: int, weights: NDArray[np.int8]) -> None: ...
 
+    def _write_macros(self, macros: tuple[int, ...], weights: NDArray[np.int8]) -> None:
+        """Write one pattern into several macros. Default (a tester without broadcast writes): one
+        :meth:`_write_macro` per macro; a broadcasting driver overrides it and sets ``broadcast_writes``."""
+        for m in macros:
+            self._write_macro(m, weights)
+
     @abstractmethod
     def _read_macro(self, macro: int, inputs: NDArray[np.uint8]) -> NDArray[np.int16]: ...
 
@@ -388,6 +426,15 @@ class Driver(ABC):
             raise NotConnectedError(f"{op}: no die under the probe (call probe() first)", op=op)
         assert self._geometry is not None
         return self._geometry
+
+    @staticmethod
+    def _check_weights(geo: ChipGeometry, weights: NDArray[np.int8]) -> NDArray[np.int8]:
+        w = np.asarray(weights)
+        if w.shape != (geo.rows, geo.phys_cols):
+            raise ValueError(f"weights shape {w.shape}, expected ({geo.rows}, {geo.phys_cols})")
+        if not np.all((w == 1) | (w == -1)):
+            raise ValueError("weights must be -1 or +1")
+        return w.astype(np.int8, copy=False)
 
     @staticmethod
     def _check_macro(geo: ChipGeometry, macro: int) -> None:

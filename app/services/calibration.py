@@ -10,7 +10,6 @@ makes a redelivered batch chunk change nothing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -194,11 +193,6 @@ def _probe(driver: Driver, ecid: str, *, attempts: int = DEFAULT_ATTEMPTS) -> in
     raise AssertionError("unreachable")
 
 
-def _die_seed(ecid: str) -> int:
-    """A stable per-die seed for the test-pattern draw (the same die always gets the same patterns)."""
-    return int.from_bytes(hashlib.sha256(ecid.encode()).digest()[:8], "little")
-
-
 # ----------------------------------------------------------------------------------- characterize
 def characterize_die(
     db: Db,
@@ -220,7 +214,8 @@ def characterize_die(
     with on_site(pool) as site:
         prov = site.provenance()
         probe_retries = _probe(site.driver, ecid)
-        result = characterize(site.driver, budget=budget or DEFAULT_BUDGET, rng=_die_seed(ecid))
+        # The production test patterns: the same for every die, precomputed once per budget.
+        result = characterize(site.driver, budget=budget or DEFAULT_BUDGET)
     blob = result.signature.to_bytes()
     summary = result.summary()
     with _scope(db) as s:

@@ -106,6 +106,7 @@ class SimulatedDriver(Driver):
 
     name = "simulated"
     Options = SimulatedOptions
+    broadcast_writes = True  # one shifted pattern latched into several macros (TimingModel.broadcast_macro_s)
 
     def __init__(
         self,
@@ -220,6 +221,12 @@ class SimulatedDriver(Driver):
         self._maybe_fault("write_macro")
         self._image = None
         self._write(macro, weights)
+
+    def _write_macros(self, macros: tuple[int, ...], weights: NDArray[np.int8]) -> None:
+        self._maybe_fault("write_macros")
+        self._image = None
+        for m in macros:
+            self._write(m, weights)
 
     def _read_macro(self, macro: int, inputs: NDArray[np.uint8]) -> NDArray[np.int16]:
         self._maybe_fault("read_macro")

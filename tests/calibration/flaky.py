@@ -19,7 +19,7 @@ from hardware.driver import ContactError, DieFault, HardwareTimeoutError
 from hardware.sim.driver import SimulatedDriver
 
 Fault = Literal["timeout", "contact", "die"]
-Op = Literal["read_macro", "write_macro", "program_image", "run_network"]
+Op = Literal["read_macro", "write_macro", "write_macros", "program_image", "run_network"]
 
 
 class FlakyDriver(SimulatedDriver):
@@ -59,6 +59,10 @@ class FlakyDriver(SimulatedDriver):
     def _write_macro(self, macro: int, weights: NDArray[np.int8]) -> None:
         self._fault("write_macro")
         super()._write_macro(macro, weights)
+
+    def _write_macros(self, macros: tuple[int, ...], weights: NDArray[np.int8]) -> None:
+        self._fault("write_macros")
+        super()._write_macros(macros, weights)
 
     def _program_image(self, image: bytes) -> int:
         self._fault("program_image")

@@ -65,20 +65,73 @@ def test_per_cell_errors_are_resolved_with_enough_reads(make_driver: Make) -> No
 
 
 def test_accounting_matches_the_driver(make_driver: Make) -> None:
+    """The short pass reads exactly the budget; each pattern is one broadcast write into every macro."""
     drv = make_driver(1.0)
     drv.reset_counters()
-    res = characterize(drv, budget=SMALL_BUDGET, rng=2)
+    res = characterize(drv, budget=SMALL_BUDGET, rng=2, config=CharacterizationConfig(reread_stuck=False))
     t = drv.timing
     n = SMALL_BUDGET // (2 * SMALL.n_macros)
     assert res.read_vectors == SMALL_BUDGET == drv.counters.read_vectors
     assert res.reads == 2 * SMALL.n_macros == drv.counters.read_calls
     assert res.writes == 2 * SMALL.n_macros == drv.counters.macro_writes
-    expected_s = res.writes * t.write_macro_s + res.reads * t.read_call_s + res.read_vectors * t.read_vector_s
+    assert res.write_calls == 2 == drv.counters.write_calls
+    write_s = t.write_macros_s(SMALL.n_macros, broadcast=True)
+    expected_s = 2 * write_s + res.reads * t.read_call_s + res.read_vectors * t.read_vector_s
     assert res.tester_s == pytest.approx(expected_s) == pytest.approx(drv.tester_time_s)
     assert res.signature.meta["vectors_per_pattern"] == n
     summary = res.summary()
     assert summary["read_vectors"] == SMALL_BUDGET and summary["bytes"] == res.signature.nbytes
     assert {"gain_spread", "offset_spread_mac", "n_dead_cols", "n_stuck_cells"} <= set(summary)
+
+
+def test_one_macro_at_a_time_costs_a_write_per_macro_and_measures_the_same(make_driver: Make) -> None:
+    per_macro = CharacterizationConfig(broadcast=False, reread_stuck=False)
+    broadcast = CharacterizationConfig(reread_stuck=False)
+    a = characterize(make_driver(1.0, noise_seed=4), budget=SMALL_BUDGET, config=per_macro)
+    b = characterize(make_driver(1.0, noise_seed=4), budget=SMALL_BUDGET, config=broadcast)
+    assert a.writes == a.write_calls == 2 * SMALL.n_macros and b.write_calls == 2
+    t = make_driver(1.0).timing
+    saved = 2 * (SMALL.n_macros * t.write_macro_s - t.write_macros_s(SMALL.n_macros, broadcast=True))
+    assert a.tester_s - b.tester_s == pytest.approx(saved)
+    # The same reads in another order (the noise draws differ): the same die, measured alike.
+    assert np.abs(a.signature.gain - b.signature.gain).max() < 0.05
+    np.testing.assert_array_equal(a.signature.dead_cols, b.signature.dead_cols)
+
+
+def test_rereads_of_the_suspects_complete_the_stuck_map_at_a_small_cost(make_driver: Make) -> None:
+    """A short pass that misses stuck cells on its own finds nearly all with targeted re-reads (ORACLE
+    for checking), with no false alarm and the right values, for a few more read vectors and a write."""
+    n_true = n_short = n_reread = fp = 0
+    extra_vectors = extra_s = 0.0
+    for seed in range(3):
+        drv = make_driver(1.5, stuck_cell_rate=4e-3, noise_seed=seed)
+        truth = oracle_die_truth(oracle_fleet_config(drv), ADDRESS)
+        true = truth.stuck_mask & ~truth.dead_cols[:, None, :]
+        short = characterize(drv, budget=SMALL_BUDGET // 2, config=CharacterizationConfig(reread_stuck=False))
+        # 20 times the default stuck rate: the re-reads may take as many vectors as the short pass.
+        full = characterize(drv, budget=SMALL_BUDGET // 2, config=CharacterizationConfig(reread_fraction=1.0))
+        capped = characterize(drv, budget=SMALL_BUDGET // 2)
+        assert capped.read_vectors <= 1.25 * SMALL_BUDGET // 2 < full.read_vectors
+        for res, count in ((short, "short"), (full, "reread")):
+            found = np.zeros_like(true)
+            sig = res.signature
+            found[sig.stuck.macro, sig.stuck.row, sig.stuck.col] = True
+            hits = int((found & true).sum())
+            if count == "short":
+                n_short += hits
+            else:
+                n_reread += hits
+                fp += int((found & ~true).sum())
+                ok = sig.stuck.value == truth.stuck_value[sig.stuck.macro, sig.stuck.row, sig.stuck.col]
+                assert ok[true[sig.stuck.macro, sig.stuck.row, sig.stuck.col]].all()
+        n_true += int(true.sum())
+        extra_vectors += full.read_vectors - short.read_vectors
+        extra_s += full.tester_s - short.tester_s
+        assert full.signature.meta["stuck"]["method"] == "reread"
+    assert n_true > 60 and fp == 0
+    assert n_reread >= 0.9 * n_true and n_reread >= n_short + 0.1 * n_true
+    assert extra_vectors / 3 <= SMALL_BUDGET // 2
+    assert extra_s / 3 < 0.01
 
 
 def test_same_seed_same_signature(make_driver: Make) -> None:
@@ -126,6 +179,19 @@ def test_adc_edges_are_estimated_on_request(make_driver: Make) -> None:
     assert np.corrcoef(est, true)[0, 1] > 0.5
     assert np.abs(est - true).mean() < np.abs(true).mean()
     assert characterize(drv, budget=SMALL_BUDGET, rng=3).signature.edge_offset_lsb is None
+
+
+def test_reads_split_into_small_calls_measure_the_same_signature(make_driver: Make) -> None:
+    """Short pass and re-reads both honour max_vectors_per_call; the die's noise stream is the same."""
+    whole = characterize(make_driver(1.5, stuck_cell_rate=4e-3, noise_seed=2), budget=SMALL_BUDGET)
+    split = characterize(
+        make_driver(1.5, stuck_cell_rate=4e-3, noise_seed=2),
+        budget=SMALL_BUDGET,
+        config=CharacterizationConfig(max_vectors_per_call=16),
+    )
+    assert whole.signature.meta["stuck"]["method"] == "reread" and whole.signature.n_stuck_cells > 0
+    assert split.signature.to_bytes() == whole.signature.to_bytes()
+    assert split.read_vectors == whole.read_vectors and split.reads > whole.reads
 
 
 @pytest.mark.parametrize("rate", [2e-3, 1e-2])

@@ -32,9 +32,9 @@ def test_a_retried_characterization_measures_what_a_clean_one_does() -> None:
     drv = _driver(
         faults={
             ("read_macro", 2): "timeout",
-            ("read_macro", 5): "contact",  # re-probe, rewrite the macro's pattern, read again
-            ("write_macro", 9): "timeout",
-            ("write_macro", 12): "contact",
+            ("read_macro", 5): "contact",  # re-probe, write the pattern into every macro again, read again
+            ("write_macros", 1): "timeout",
+            ("write_macros", 2): "contact",
         }
     )
     probes = drv.counters.probes
@@ -42,12 +42,16 @@ def test_a_retried_characterization_measures_what_a_clean_one_does() -> None:
     assert res.retries == 4 and clean.retries == 0
     assert res.signature.to_bytes() == clean.signature.to_bytes()
     assert res.summary()["retries"] == 4
-    # The driver charges what completed: two re-probes and the pattern rewritten after the lost read
-    # (a failed call charges nothing; the lost write is simply written again).
+    # The driver charges what completed: two re-probes and the pattern written again (one broadcast
+    # into every macro) after the lost read; a failed call charges nothing, the lost write is simply
+    # written again.
     assert drv.counters.probes - probes == 2
-    assert res.writes == clean.writes + 1 and res.reads == clean.reads
     t = drv.timing
-    assert res.tester_s == pytest.approx(clean.tester_s + 2 * t.probe_s + t.write_macro_s)
+    assert res.writes == clean.writes + SMALL.n_macros and res.write_calls == clean.write_calls + 1
+    assert res.reads == clean.reads
+    assert res.tester_s == pytest.approx(
+        clean.tester_s + 2 * t.probe_s + t.write_macros_s(SMALL.n_macros, broadcast=True)
+    )
 
 
 def test_a_call_is_tried_three_times_then_the_die_fails() -> None:

@@ -75,6 +75,14 @@ class IgnoresWrites(SimulatedDriver):
         self._image = None
 
 
+class BroadcastsToFirstOnly(SimulatedDriver):
+    """``write_macros`` writes its pattern into the first listed macro only (a broadcast enable mask
+    that selects one macro)."""
+
+    def _write_macros(self, macros: tuple[int, ...], weights: NDArray[np.int8]) -> None:
+        super()._write_macros(macros[:1], weights)
+
+
 class UnstableDie(SimulatedDriver):
     """Every probe of a die finds other variation (a driver that seeds from the probe count)."""
 
@@ -106,10 +114,11 @@ class AcceptsCorruptImages(SimulatedDriver):
 BROKEN: dict[type[SimulatedDriver], set[str]] = {
     IgnoresImage: {"run_network_executes_the_image"},
     KeepsFirstImage: {"run_network_executes_the_image"},
-    ConstantCodes: {"read_follows_weights_and_inputs", "read_is_monotone"},
-    SwappedColumns: {"read_follows_weights_and_inputs"},
+    ConstantCodes: {"read_follows_weights_and_inputs", "read_is_monotone", "write_macros"},
+    SwappedColumns: {"read_follows_weights_and_inputs", "write_macros"},
     NoTesterTime: {"tester_time"},
     IgnoresWrites: {"read_follows_weights_and_inputs"},
+    BroadcastsToFirstOnly: {"write_macros"},
     UnstableDie: {"die_is_stable"},
     RunsWithoutImage: {"protocol_errors"},
     AcceptsCorruptImages: {"protocol_errors"},

@@ -214,6 +214,33 @@ def check_read_follows_weights_and_inputs(d: Driver, die: DieAddress) -> None:
     assert_codes_track(read_mean(d, 0, x, g, "macro 0"), -ideal, g, "macro 0 rewritten with -W")
 
 
+def check_write_macros(d: Driver, die: DieAddress) -> None:
+    """write_macros writes one pattern into every listed macro and into no other (a broadcast write on
+    a tester that has one, one write per macro on one that has not)."""
+    g = _probed(d, die)
+    rng = np.random.default_rng(20221)
+    w = _balanced_weights(g, rng)
+    x = _random_subsets(g, rng, 192)
+    ideal = x.astype(np.float64) @ w
+    listed = sorted({0, g.n_macros - 1})
+    others = [m for m in range(g.n_macros) if m not in listed][:1]
+    if others:
+        d.write_macros(others, (-w).astype(np.int8))
+    before = d.counters.macro_writes
+    d.write_macros(listed, w)
+    assert d.counters.macro_writes == before + len(listed), (
+        f"write_macros({listed}) counted {d.counters.macro_writes - before} macro writes, expected {len(listed)}"
+    )
+    for m in listed:
+        assert_codes_track(
+            read_mean(d, m, x, g, f"macro {m}"), ideal, g, f"macro {m} after write_macros({listed})"
+        )
+    for m in others:
+        assert_codes_track(
+            read_mean(d, m, x, g, f"macro {m}"), -ideal, g, f"macro {m}, not listed, keeps its own pattern"
+        )
+
+
 def check_read_is_monotone_in_active_rows(d: Driver, die: DieAddress) -> None:
     """More active rows of +1 weights give larger codes on most columns (a monotone transfer)."""
     g = _probed(d, die)
@@ -422,6 +449,7 @@ def check_not_connected_errors(d: Driver, die: DieAddress) -> None:
         "identify": d.identify,
         "geometry": d.geometry,
         "write_macro": lambda: d.write_macro(0, np.ones((8, 8), dtype=np.int8)),
+        "write_macros": lambda: d.write_macros([0], np.ones((8, 8), dtype=np.int8)),
         "read_macro": lambda: d.read_macro(0, x),
         "program_image": lambda: d.program_image(image),
         "run_network": lambda: d.run_network(np.zeros((1, 1), np.float32)),
@@ -435,6 +463,7 @@ def check_not_connected_errors(d: Driver, die: DieAddress) -> None:
     before_probe: dict[str, Callable[[], object]] = {
         "identify": d.identify,
         "write_macro": lambda: d.write_macro(0, ok_w),
+        "write_macros": lambda: d.write_macros([0], ok_w),
         "read_macro": lambda: d.read_macro(0, ok_x),
         "program_image": lambda: d.program_image(
             encode_image(build_image(tiny_conv_program(g.rows), g, _header(die)))
@@ -447,7 +476,8 @@ def check_not_connected_errors(d: Driver, die: DieAddress) -> None:
 
 
 def check_protocol_errors(d: Driver, die: DieAddress) -> None:
-    """ProtocolError: no image programmed (never, or not since the last probe or macro write); an
+    """ProtocolError: no image programmed (never, or not since the last probe or macro write, single or
+    broadcast); an
     image that is corrupted, for another die, or for another geometry."""
     g = _probed(d, die)
     x = np.zeros((2, 1, 6, 6), np.float32)
@@ -472,6 +502,10 @@ def check_protocol_errors(d: Driver, die: DieAddress) -> None:
     with _Raises(ProtocolError, "run_network after write_macro overwrote the image"):
         d.run_network(x)
     d.program_image(good)
+    d.write_macros([0], np.ones((g.rows, g.phys_cols), dtype=np.int8))
+    with _Raises(ProtocolError, "run_network after write_macros overwrote the image"):
+        d.run_network(x)
+    d.program_image(good)
     d.probe(die)
     with _Raises(ProtocolError, "run_network after a new probe"):
         d.run_network(x)
@@ -489,6 +523,10 @@ def check_bad_arguments(d: Driver, die: DieAddress) -> None:
         "inputs of the wrong shape": lambda: d.read_macro(0, ok_x[:, :-1]),
         "a macro outside the die": lambda: d.read_macro(g.n_macros, ok_x),
         "a negative macro": lambda: d.write_macro(-1, ok_w),
+        "write_macros of no macro": lambda: d.write_macros([], ok_w),
+        "write_macros of a macro twice": lambda: d.write_macros([0, 0], ok_w),
+        "write_macros of a macro outside the die": lambda: d.write_macros([0, g.n_macros], ok_w),
+        "write_macros of weights of the wrong shape": lambda: d.write_macros([0], ok_w[:-1]),
         "site 1 on a single-site driver": lambda: d.identify(1),
         "a zero timeout": lambda: d.read_macro(0, ok_x, timeout_s=0),
     }
@@ -511,6 +549,7 @@ def check_timeouts(d: Driver, die: DieAddress) -> None:
     image = encode_image(build_image(tiny_conv_program(g.rows), g, _header(die)))
     ops: dict[str, Callable[[float | None], object]] = {
         "write_macro": lambda t: d.write_macro(0, w, timeout_s=t),
+        "write_macros": lambda t: d.write_macros([0], w, timeout_s=t),
         "read_macro": lambda t: d.read_macro(0, x, timeout_s=t),
         "program_image": lambda t: d.program_image(image, timeout_s=t),
         "run_network": lambda t: d.run_network(np.zeros((2, 1, 6, 6), np.float32), timeout_s=t),
@@ -548,6 +587,16 @@ def check_tester_time_is_charged(d: Driver, die: DieAddress) -> None:
     charged(
         "write_macro", lambda: d.write_macro(0, np.ones((g.rows, g.phys_cols), np.int8)), "macro_writes", 1
     )
+    all_macros = list(range(g.n_macros))
+    broadcast = charged(
+        "write_macros of every macro",
+        lambda: d.write_macros(all_macros, np.ones((g.rows, g.phys_cols), np.int8)),
+        "macro_writes",
+        g.n_macros,
+    )
+    assert broadcast <= g.n_macros * d.timing.write_macro_s * (1 + 1e-9), (
+        f"write_macros of {g.n_macros} macros charged {broadcast:g} s, more than {g.n_macros} single writes"
+    )
     one = charged(
         "read_macro of 1 vector", lambda: d.read_macro(0, np.zeros((1, g.rows), np.uint8)), "read_vectors", 1
     )
@@ -571,6 +620,7 @@ CHECKS: dict[str, Check] = {
     "identify": check_identify,
     "geometry": check_geometry,
     "read_follows_weights_and_inputs": check_read_follows_weights_and_inputs,
+    "write_macros": check_write_macros,
     "read_is_monotone": check_read_is_monotone_in_active_rows,
     "die_is_stable": check_die_is_stable,
     "run_network_executes_the_image": check_run_network_executes_the_image,

@@ -93,7 +93,7 @@ def test_the_contract_suite_passes_on_the_vendor_driver(vendor_site: Path) -> No
     ]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "13 passed" in out.stdout, out.stdout[-2000:]
+    assert "14 passed" in out.stdout, out.stdout[-2000:]
 
 
 def test_cimcal_drivers_list_and_check_pass_on_the_vendor_driver(vendor_site: Path) -> None:
