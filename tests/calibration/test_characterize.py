@@ -104,7 +104,8 @@ def test_rereads_of_the_suspects_complete_the_stuck_map_at_a_small_cost(make_dri
     n_true = n_short = n_reread = fp = 0
     extra_vectors = extra_s = 0.0
     for seed in range(3):
-        drv = make_driver(1.5, stuck_cell_rate=4e-3, noise_seed=seed)
+        # A noisy circuit (1.5 MAC of read noise, where the short pass misses stuck cells on its own).
+        drv = make_driver(1.5, stuck_cell_rate=4e-3, noise_seed=seed, read_noise_sigma_mac=1.5)
         truth = oracle_die_truth(oracle_fleet_config(drv), ADDRESS)
         true = truth.stuck_mask & ~truth.dead_cols[:, None, :]
         short = characterize(drv, budget=SMALL_BUDGET // 2, config=CharacterizationConfig(reread_stuck=False))
