@@ -26,6 +26,7 @@ from app.services import auth, datasets, models
 from app.services.hardware import DriverPool
 from app.services.images import ImageStore
 from app.services.runtime import ModelRuntimes
+from app.services.serving import ServingCache
 from hardware.driver import HardwareError
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.drivers = pool
     app.state.runtimes = ModelRuntimes(settings)
     app.state.image_store = ImageStore(settings.image_store_dir)
+    app.state.serving_cache = ServingCache(app.state.image_store, max_bytes=settings.image_cache_bytes)
     # Batch jobs: the local runner resumes unfinished jobs here; the celery runner only sends.
     app.state.job_runner = build_runner(
         settings, factory, pool=pool, runtimes=app.state.runtimes, store=app.state.image_store

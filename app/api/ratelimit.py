@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import math
 import time
+from functools import lru_cache
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from limits import RateLimitItem, parse_many
 from slowapi import Limiter
-from slowapi.errors import RateLimitExceeded
 from slowapi.util import get_remote_address
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,6 +35,7 @@ from app.config import Settings
 from app.services.auth import PREFIX_LEN
 
 _AUTH_FAILURES = "auth-failures"
+_CALLERS = "cimcal-callers"
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
 
 
@@ -50,14 +51,13 @@ def caller_key(request: Request) -> str:
 
 
 def build_limiter(app: FastAPI) -> Limiter:
-    """The app's limiter; its limits follow ``app.state.settings`` (tests swap the settings)."""
+    """The app's limiter: its storage and strategy. :class:`RateLimits` reads the limits themselves from
+    ``app.state.settings`` on every request (tests swap the settings)."""
     settings: Settings = app.state.settings
     return Limiter(
         key_func=caller_key,
-        application_limits=[lambda: app.state.settings.rate_limit],
         storage_uri=settings.rate_limit_storage_uri,
         strategy="sliding-window-counter",
-        key_prefix="cimcal",
     )
 
 
@@ -76,23 +76,20 @@ def _limited(message: str, retry_after_s: int, details: dict[str, object]) -> JS
     )
 
 
-async def rate_limit_exceeded(request: Request, exc: RateLimitExceeded) -> JSONResponse:
-    """slowapi's ``RateLimitExceeded`` as the one error body, with ``Retry-After``."""
-    limiter: Limiter = request.app.state.limiter
-    item, identifiers = request.state.view_rate_limit
-    return _limited(
-        f"rate limit of {item} exceeded; retry later",
-        _retry_after_s(limiter, item, *identifiers),
-        {"limit": str(item)},
-    )
+@lru_cache(maxsize=64)
+def _items(notation: str) -> tuple[RateLimitItem, ...]:
+    """``"100/second;3000/minute"`` parsed once per distinct setting (the settings may be swapped)."""
+    return tuple(parse_many(notation))
 
 
 class RateLimits:
-    """Pure ASGI middleware: the failed-authentication limit per address, then slowapi's per-caller limit.
+    """Pure ASGI middleware: the failed-authentication limit per address, then the per-caller limit.
 
+    It drives slowapi's limiter (its ``limits`` strategy and storage) directly, once per request:
     slowapi's own middleware looks the endpoint up in ``app.routes``, which FastAPI no longer flattens
-    (included routers stay nested), so it would find no endpoint and exempt everything; this one asks
-    the limiter directly, as that middleware does, and exempts :data:`EXEMPT_PATHS` itself.
+    (included routers stay nested), so it would find no endpoint and exempt everything, and its
+    per-request evaluation (limits re-parsed, the key function inspected) costs more than the route
+    it guards. :data:`EXEMPT_PATHS` are exempt.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -109,7 +106,7 @@ class RateLimits:
         limiter: Limiter = scope["app"].state.limiter
         request = Request(scope)
         address = get_remote_address(request)
-        failures = parse_many(settings.auth_failure_limit)
+        failures = _items(settings.auth_failure_limit)
         for item in failures:
             if not limiter.limiter.test(item, _AUTH_FAILURES, address):
                 response = _limited(
@@ -119,11 +116,16 @@ class RateLimits:
                 )
                 await response(scope, receive, send)
                 return
-        try:
-            limiter._check_request_limit(request, None, in_middleware=True)
-        except RateLimitExceeded as exc:
-            await (await rate_limit_exceeded(request, exc))(scope, receive, send)
-            return
+        caller = caller_key(request)
+        for item in _items(settings.rate_limit):
+            if not limiter.limiter.hit(item, _CALLERS, caller):
+                response = _limited(
+                    f"rate limit of {item} exceeded; retry later",
+                    _retry_after_s(limiter, item, _CALLERS, caller),
+                    {"limit": str(item)},
+                )
+                await response(scope, receive, send)
+                return
 
         async def watch(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 401:
