@@ -15,7 +15,9 @@ Settings come from the environment (``CIMCAL_*``, see :mod:`app.config`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,8 +62,33 @@ def database_session(settings: Settings) -> Iterator[Session]:
 def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level)
+    if args.workers > 1:
+        from app.main import prepare_database
+
+        settings = get_settings()
+        # Once, before the processes start: they would race to migrate and register the same rows.
+        prepare_database(settings)
+        if settings.runner_lock_file is None:
+            # The workers read their settings from the environment: this names the lock they elect
+            # their one job runner with (app/jobs/election.py).
+            lock = Path(tempfile.mkdtemp(prefix="cimcal-serve-")) / "job-runner.lock"
+            os.environ["CIMCAL_RUNNER_LOCK_FILE"] = str(lock)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        workers=args.workers if args.workers > 1 else None,
+    )
     return 0
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
 
 
 @subcommand
@@ -69,6 +96,12 @@ def _serve(commands: Subcommands) -> None:
     p = commands.add_parser("serve", help="run the HTTP service")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="server processes (default 1); the job runner runs in one of them (docs/api-performance.md)",
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(run=_run_serve)
 
