@@ -145,8 +145,15 @@ def _run_keys_list(args: argparse.Namespace) -> int:
 
 
 def _run_keys_revoke(args: argparse.Namespace) -> int:
-    with database_session(get_settings()) as session:
+    from app.services.images import ImageStore
+
+    settings = get_settings()
+    # The store's change counter: servers sharing the store drop the key from their caches when the
+    # revocation commits (app/services/changes.py).
+    store = ImageStore(settings.image_store_dir)
+    with database_session(settings) as session:
         auth.revoke_key(session, prefix=args.prefix, actor="cli")
+    store.changes.close()
     print(f"revoked {args.prefix}")
     return 0
 
