@@ -59,6 +59,9 @@ def database_session(settings: Settings) -> Iterator[Session]:
 
 
 # ------------------------------------------------------------------------------------------------ serve
+WORKER_HEALTHCHECK_S = 60
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -80,6 +83,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.log_level,
         workers=args.workers if args.workers > 1 else None,
+        # A worker answers the supervisor's pings from a thread; while it imports torch and loads the
+        # models on a busy machine that can take longer than uvicorn's 5 s, and it would be killed
+        # as hung and started again, over and over.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
     )
     return 0
 

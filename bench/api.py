@@ -230,6 +230,11 @@ def _pooled(phases: list[Phase]) -> tuple[float, float, float]:
     return rps, _percentile(histogram, 50), _percentile(histogram, 99)
 
 
+def _cpu_per_req(phases: list[Phase], side: str) -> float:
+    cpu = sum(p.server_cpu_s if side == "server" else p.client_cpu_s for p in phases)
+    return cpu / max(1, sum(p.requests for p in phases)) * 1e6
+
+
 def measure(
     clients: int = 64,
     seconds: float = 10.0,
@@ -241,9 +246,11 @@ def measure(
     """Cached image GET vs ``/healthz`` on one fresh server, same load tool and clients, in one run.
 
     Returns ``image_rps``, ``healthz_rps``, ``rps_ratio`` (image / healthz), ``image_p99_ms``,
-    ``healthz_p99_ms``, ``p99_ratio`` (image / healthz), the p50s, each round's own figures under
-    ``rounds`` and, with ``conditional``, the 304 and HEAD phases under ``extra``. The pooled figures
-    are total requests over total time and percentiles over all requests of the route.
+    ``healthz_p99_ms``, ``p99_ratio`` (image / healthz), the p50s, the CPU microseconds per request of
+    the server and of the client for each route and ``server_capacity_ratio`` (healthz server CPU per
+    request / image's), each round's own figures under ``rounds`` and, with ``conditional``, the 304
+    and HEAD phases under ``extra``. The pooled figures are total requests over total time and
+    percentiles over all requests of the route.
     """
     admin = "cimcal_bench_" + secrets.token_urlsafe(24)
     workdir = Path(tempfile.mkdtemp(prefix="cimcal-bench-api-"))
@@ -303,6 +310,13 @@ def measure(
         "image_p99_ms": i_p99,
         "healthz_p99_ms": h_p99,
         "p99_ratio": round(i_p99 / h_p99, 3),
+        # Server CPU per request (the client's excluded): what the server could do if the load
+        # generator had cores of its own.
+        "image_server_us_per_req": round(_cpu_per_req(image, "server")),
+        "healthz_server_us_per_req": round(_cpu_per_req(healthz, "server")),
+        "server_capacity_ratio": round(_cpu_per_req(healthz, "server") / _cpu_per_req(image, "server"), 3),
+        "image_client_us_per_req": round(_cpu_per_req(image, "client")),
+        "healthz_client_us_per_req": round(_cpu_per_req(healthz, "client")),
         "failures": sum(p.failures for p in healthz + image),
         "rounds": per_round,
     }
@@ -333,6 +347,11 @@ def _report(r: dict[str, Any]) -> str:
         f"all: image {r['image_rps']:.1f} req/s, p99 {r['image_p99_ms']:.0f} ms; healthz "
         f"{r['healthz_rps']:.1f} req/s, p99 {r['healthz_p99_ms']:.0f} ms; "
         f"rps ratio {r['rps_ratio']:.2f} (target >= 0.9), p99 ratio {r['p99_ratio']:.2f} (target <= 2)"
+    )
+    lines.append(
+        f"server CPU per request: image {r['image_server_us_per_req']} us, healthz "
+        f"{r['healthz_server_us_per_req']} us (capacity ratio {r['server_capacity_ratio']:.2f}); client: "
+        f"image {r['image_client_us_per_req']} us, healthz {r['healthz_client_us_per_req']} us"
     )
     if r["failures"]:
         lines.append(f"FAILED requests: {r['failures']}")
