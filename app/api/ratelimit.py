@@ -66,19 +66,24 @@ class Limiter:
 
     def __init__(self, storage_uri: str) -> None:
         self.storage_uri = storage_uri
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget every count."""
         self._aio: limits_aio.strategies.SlidingWindowCounterRateLimiter | None = None
         self._sync: SlidingWindowCounterRateLimiter | None = None
-        if self.storage_uri.startswith("memory://"):
-            storage = limits_aio.storage.MemoryStorage()
-            self._aio = limits_aio.strategies.SlidingWindowCounterRateLimiter(storage)
+        if storage_uri.startswith("memory://"):
+            self._aio = limits_aio.strategies.SlidingWindowCounterRateLimiter(
+                limits_aio.storage.MemoryStorage()
+            )
         else:
-            sync_storage = storage_from_string(self.storage_uri)
-            sync_storage.reset()
-            self._sync = SlidingWindowCounterRateLimiter(sync_storage)
+            self._sync = SlidingWindowCounterRateLimiter(storage_from_string(storage_uri))
+
+    def reset(self) -> None:
+        """Forget every count (of every process, with a shared storage)."""
+        if self._aio is not None:  # the async storage's reset is a coroutine: start over instead
+            self._aio = limits_aio.strategies.SlidingWindowCounterRateLimiter(
+                limits_aio.storage.MemoryStorage()
+            )
+        else:
+            assert self._sync is not None
+            self._sync.storage.reset()
 
     async def hit(self, item: RateLimitItem, *identifiers: str) -> bool:
         if self._aio is not None:
