@@ -19,6 +19,8 @@ import os
 import struct
 import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import event
@@ -34,14 +36,10 @@ class ChangeCounter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            if os.fstat(self._fd).st_size < _WORD.size:
-                os.ftruncate(self._fd, _WORD.size)
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self._map = mmap.mmap(self._fd, _WORD.size)
+        with self._locked() as fd:
+            if os.fstat(fd).st_size < _WORD.size:
+                os.ftruncate(fd, _WORD.size)
+            self._map = mmap.mmap(fd, _WORD.size)  # keeps its own handle on the file
         self._lock = threading.Lock()
         _COUNTERS.add(self)
 
@@ -49,17 +47,25 @@ class ChangeCounter:
         return int(_WORD.unpack_from(self._map, 0)[0])
 
     def bump(self) -> None:
-        with self._lock:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            try:
-                _WORD.pack_into(self._map, 0, self.value() + 1)
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        with self._lock, self._locked():
+            _WORD.pack_into(self._map, 0, self.value() + 1)
 
     def close(self) -> None:
         _COUNTERS.discard(self)
         self._map.close()
-        os.close(self._fd)
+
+    @contextmanager
+    def _locked(self) -> Iterator[int]:
+        """The file, open and exclusively locked against the other processes' bumps."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            # Unlock explicitly: closing is not enough once the memory map, which duplicates the
+            # descriptor, shares this open file (and its lock).
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 _COUNTERS: weakref.WeakSet[ChangeCounter] = weakref.WeakSet()
