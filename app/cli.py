@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,11 +59,43 @@ def database_session(settings: Settings) -> Iterator[Session]:
 
 
 # ------------------------------------------------------------------------------------------------ serve
+WORKER_HEALTHCHECK_S = 60
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level)
+    if args.workers > 1:
+        from app.main import prepare_database
+
+        settings = get_settings()
+        # Once, before the processes start: they would race to migrate and register the same rows.
+        prepare_database(settings)
+        if settings.runner_lock_file is None:
+            # The workers read their settings from the environment: this names the lock they elect
+            # their one job runner with (app/jobs/election.py).
+            lock = Path(tempfile.mkdtemp(prefix="cimcal-serve-")) / "job-runner.lock"
+            os.environ["CIMCAL_RUNNER_LOCK_FILE"] = str(lock)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        workers=args.workers if args.workers > 1 else None,
+        # A worker answers the supervisor's pings from a thread; while it imports torch and loads the
+        # models on a busy machine that can take longer than uvicorn's 5 s, and it would be killed
+        # as hung and started again, over and over.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+    )
     return 0
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
 
 
 @subcommand
@@ -70,6 +103,12 @@ def _serve(commands: Subcommands) -> None:
     p = commands.add_parser("serve", help="run the HTTP service")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="server processes (default 1); the job runner runs in one of them (docs/api-performance.md)",
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(run=_run_serve)
 
@@ -113,8 +152,15 @@ def _run_keys_list(args: argparse.Namespace) -> int:
 
 
 def _run_keys_revoke(args: argparse.Namespace) -> int:
-    with database_session(get_settings()) as session:
+    from app.services.images import ImageStore
+
+    settings = get_settings()
+    # The store's change counter: servers sharing the store drop the key from their caches when the
+    # revocation commits (app/services/changes.py).
+    store = ImageStore(settings.image_store_dir)
+    with database_session(settings) as session:
         auth.revoke_key(session, prefix=args.prefix, actor="cli")
+    store.changes.close()
     print(f"revoked {args.prefix}")
     return 0
 

@@ -81,7 +81,17 @@ class Settings(BaseSettings):
     max_model_bytes: int = Field(16 * 1024 * 1024, gt=0)
     max_dataset_bytes: int = Field(64 * 1024 * 1024, gt=0)
 
+    # In-memory answers of the hot paths (app/services/serving.py): API key -> principal and a die's
+    # current image are exact within the processes sharing image_store_dir (dropped when a signature
+    # or a revocation commits) and otherwise at most this old; 0 turns them off. Image bytes are kept
+    # by hash up to image_cache_bytes per process.
+    serving_cache_ttl_s: float = Field(2.0, ge=0.0, le=3600.0)
+    image_cache_bytes: int = Field(64 * 1024 * 1024, ge=0)
+
     job_runner: Literal["local", "celery"] = "local"
+    # Set by `cimcal serve --workers N`: the server processes that share it elect one to run the
+    # job runner (a file lock); unset, every process runs its own (one process: today's behaviour).
+    runner_lock_file: Path | None = None
     broker_url: str = "redis://127.0.0.1:6379/0"
     # Seconds without a heartbeat before a die a worker held is claimed again. The job workers use it
     # (the local runner; `cimcal worker --lease-s` defaults to it), and so does the API's job

@@ -11,21 +11,26 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import dashboard, health, ratelimit, v1_router
 from app.api.edge import EdgeGuard, error_response
 from app.config import Settings, get_settings
 from app.db import migrate
-from app.db.session import make_engine, make_session_factory, session_scope
+from app.db.session import Session, make_engine, make_session_factory, session_scope
 from app.db.tables import Role
 from app.errors import AppError, hardware_error_details, hardware_error_status
+from app.jobs.base import JobRunner
 from app.jobs.build import build_runner
+from app.jobs.election import ElectedRunner, RunnerLock
 from app.services import auth, datasets, models
 from app.services.hardware import DriverPool
 from app.services.images import ImageStore
 from app.services.runtime import ModelRuntimes
+from app.services.serving import ServingCache
 from hardware.driver import HardwareError
 
 log = logging.getLogger(__name__)
@@ -86,10 +91,8 @@ def _register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unhandled)
 
 
-@asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    engine = make_engine(settings.database_url)
+def _prepare(settings: Settings, engine: Engine) -> sessionmaker[Session]:
+    """Migrate, register the bootstrap key and the reference data; returns the session factory."""
     if settings.auto_migrate:
         migrate.upgrade(engine)
     factory = make_session_factory(engine)
@@ -106,6 +109,41 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # models that use them.
         datasets.ensure_builtin_datasets(session, settings)
         models.ensure_reference_models(session, settings)
+    return factory
+
+
+def prepare_database(settings: Settings) -> None:
+    """What every server process does first, done once before several start (``cimcal serve
+    --workers``), so that they do not race to create the same tables and rows."""
+    engine = make_engine(settings.database_url)
+    try:
+        _prepare(settings, engine)
+    finally:
+        engine.dispose()
+
+
+def _job_runner(
+    settings: Settings,
+    factory: sessionmaker[Session],
+    pool: DriverPool,
+    runtimes: ModelRuntimes,
+    store: ImageStore,
+) -> JobRunner:
+    """The runner of this process: its own, or one elected among the server's processes."""
+    elected = settings.runner_lock_file is not None
+    runner = build_runner(
+        settings, factory, pool=pool, runtimes=runtimes, store=store, resume_on_start=not elected
+    )
+    if settings.runner_lock_file is None:
+        return runner
+    return ElectedRunner(runner, RunnerLock(settings.runner_lock_file))
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine = make_engine(settings.database_url)
+    factory = _prepare(settings, engine)
     # One driver per test site, lent to one request or batch worker at a time.
     pool = DriverPool.from_settings(settings)
     app.state.engine = engine
@@ -113,10 +151,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.drivers = pool
     app.state.runtimes = ModelRuntimes(settings)
     app.state.image_store = ImageStore(settings.image_store_dir)
+    app.state.serving_cache = ServingCache(app.state.image_store, max_bytes=settings.image_cache_bytes)
     # Batch jobs: the local runner resumes unfinished jobs here; the celery runner only sends.
-    app.state.job_runner = build_runner(
-        settings, factory, pool=pool, runtimes=app.state.runtimes, store=app.state.image_store
-    )
+    app.state.job_runner = _job_runner(settings, factory, pool, app.state.runtimes, app.state.image_store)
     app.state.job_runner.start()
     try:
         yield

@@ -141,6 +141,8 @@ def app(_running_app: TestClient, settings: Settings) -> FastAPI:
     app = _running_app.app
     assert isinstance(app, FastAPI)
     app.state.settings = settings
+    # The tables were emptied under the running app: its cached answers describe rows that are gone.
+    app.state.serving_cache.clear()
     return app
 
 

@@ -9,10 +9,11 @@ from fastapi import APIRouter
 from app.api import chips, dashboard, datasets, dies, exports, jobs, keys, lots, models
 from app.api.schemas.common import ERROR_RESPONSES
 
+# chips first: its image GET is the hot path, and routes are matched in order.
 V1_ROUTERS: tuple[APIRouter, ...] = (
+    chips.router,
     lots.router,
     dies.router,
-    chips.router,
     models.router,
     datasets.router,
     keys.router,

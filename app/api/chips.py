@@ -6,6 +6,7 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import (
@@ -30,6 +31,7 @@ from app.api.schemas.common import error_response_doc
 from app.db.tables import Role
 from app.errors import InvalidInputError
 from app.services import calibration
+from app.services.serving import ServingCache
 
 router = APIRouter(tags=["chips"])
 
@@ -138,15 +140,11 @@ def none_match(if_none_match: str | None, etag: str) -> bool:
 
 @router.get("/chips/{ecid}/image", response_class=Response, responses=IMAGE_RESPONSES)
 @router.head("/chips/{ecid}/image", response_class=Response, responses=IMAGE_RESPONSES)
-def get_image(
+async def get_image(
     request: Request,
     ecid: EcidPath,
     model: ModelQuery,
-    session: SessionDep,
-    factory: SessionFactoryDep,
     principal: StationAccess,
-    runtimes: RuntimesDep,
-    store: ImageStoreDep,
     if_none_match: Annotated[
         str | None,
         Header(max_length=8192, description='ETags from earlier downloads (`"<sha256>"`, `W/"..."`, `*`).'),
@@ -155,17 +153,28 @@ def get_image(
     """The die's compensated weight image for a model, computed from its current signature on the first
     request and then served from the content-addressed store: the same request returns the same bytes.
     `ETag` is the image's SHA-256; send it back in `If-None-Match` to get 304 (weak comparison, a list
-    of tags, or `*`). `HEAD` answers the same headers without the body."""
-    outcome = _image(session, factory, runtimes, store, ecid, model, principal.actor)
-    etag = f'"{outcome.content_sha256}"'
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=0, must-revalidate"}
-    if none_match(if_none_match, etag):
+    of tags, or `*`). `HEAD` answers the same headers without the body.
+
+    A repeated request is answered from memory (docs/api-performance.md): after the die gets a new
+    signature, the next request computes and serves the new image."""
+    state = request.app.state  # not dependencies: each one costs, and this is the hot path
+    cache: ServingCache = state.serving_cache
+    served = cache.image(ecid, model)
+    if served is None:
+        ttl_s = state.settings.serving_cache_ttl_s
+        served = await run_in_threadpool(
+            cache.compute_image, state.session_factory, state.runtimes, ecid, model, principal.actor, ttl_s
+        )
+    headers = {"ETag": served.etag, "Cache-Control": "private, max-age=0, must-revalidate"}
+    if if_none_match is not None and none_match(if_none_match, served.etag):
         return Response(status_code=304, headers=headers)
-    headers["Content-Disposition"] = f'attachment; filename="{ecid}_{model.replace("@", "_")}.cimg"'
+    headers["Content-Disposition"] = f'attachment; filename="{served.filename}"'
     if request.method == "HEAD":
-        headers["Content-Length"] = str(outcome.size_bytes)
+        headers["Content-Length"] = str(served.size_bytes)
         return Response(media_type="application/octet-stream", headers=headers)
-    data = calibration.image_bytes(store, outcome)
+    data = cache.cached_bytes(served.content_sha256)
+    if data is None:
+        data = await run_in_threadpool(cache.load_bytes, served)
     return Response(data, media_type="application/octet-stream", headers=headers)
 
 

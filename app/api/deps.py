@@ -8,11 +8,12 @@ Use the ``Annotated`` aliases in endpoint signatures::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel
 
@@ -26,9 +27,10 @@ from app.services.hardware import DriverPool
 from app.services.images import ImageStore
 from app.services.reporting.scope import MODEL_REF_PATTERN
 from app.services.runtime import ModelRuntimes
+from app.services.serving import ServingCache
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -77,25 +79,39 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="
 _bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token")
 
 
-def current_principal(
-    settings: SettingsDep,
-    session: SessionDep,
+async def current_principal(
+    request: Request,
     api_key: Annotated[str | None, Depends(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """The caller, from the process's cache of recently seen keys or else the database (in a thread).
+
+    A revoked key is refused as soon as the revocation commits in any process sharing the image
+    store, and within ``serving_cache_ttl_s`` otherwise (app/services/serving.py). The app state is
+    read directly, not through dependencies: this runs on every request."""
+    state = request.app.state
+    settings: Settings = state.settings
     if not settings.auth_enabled:
         return auth.ANONYMOUS_ADMIN
-    return auth.authenticate(session, api_key or (bearer.credentials if bearer else None))
+    cache: ServingCache = state.serving_cache
+    raw = api_key or (bearer.credentials if bearer else None)
+    if raw:
+        hit = cache.principal(raw)
+        if hit is not None:
+            return hit
+    return await run_in_threadpool(
+        cache.authenticate, state.session_factory, raw, settings.serving_cache_ttl_s
+    )
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
-def require_roles(*roles: Role) -> Callable[[Principal], Principal]:
+def require_roles(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency passing callers with one of ``roles`` (admin always passes); 401/403 otherwise."""
     allowed = frozenset(roles)
 
-    def dependency(principal: PrincipalDep) -> Principal:
+    async def dependency(principal: PrincipalDep) -> Principal:
         return auth.authorize(principal, allowed)
 
     return dependency

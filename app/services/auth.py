@@ -24,6 +24,7 @@ from app.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from app.services.changes import mark_changed
 
 PREFIX_LEN = 12
 MIN_KEY_LEN = 32
@@ -120,5 +121,6 @@ def revoke_key(session: Session, *, prefix: str, actor: str) -> ApiKey:
         raise NotFoundError(f"no API key with prefix {prefix!r}")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+        mark_changed(session)  # cached principals go when the revocation commits
         audit.add(session, actor=actor, action="api_key.revoke", target=prefix)
     return row

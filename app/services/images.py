@@ -1,7 +1,8 @@
 """The content-addressed store of weight images: one file per distinct image, named by its SHA-256.
 
 Writes are atomic (temporary file, fsync, rename), so a crash never leaves a torn image under a
-valid name; reads verify the hash, so a corrupted file is reported rather than served.
+valid name; reads verify the hash, so a corrupted file is reported rather than served. The store's
+root also holds the deployment's change counter (``.changes``, app/services/changes.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from app.errors import AppError
+from app.services.changes import ChangeCounter
 
 
 class ImageStoreError(AppError):
@@ -22,6 +24,8 @@ class ImageStoreError(AppError):
 class ImageStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # Every process with the store sees (and bumps) the same counter.
+        self.changes = ChangeCounter(self.root / ".changes")
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):

@@ -11,6 +11,7 @@ from app.db.repositories import audit, dies, signatures
 from app.db.tables import Signature
 from app.errors import ConflictError, NotFoundError
 from app.services import provenance as provenance_service
+from app.services.changes import mark_changed
 from app.services.hardware import TesterProvenance
 
 
@@ -67,4 +68,5 @@ def record_signature(
     if prov is not None:
         details.update(driver=prov.driver, serial=prov.serial, site=prov.site)
     audit.add(session, actor=actor, action="signature.record", target=die.ecid, details=details)
+    mark_changed(session)  # the die's current image changes: cached image answers go
     return sig
