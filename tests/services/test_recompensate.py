@@ -77,7 +77,8 @@ def test_lot_images_equal_the_per_die_images(
             assert row.signature_sha256 == sig_row.sha256 and row.calibratable == alone.calibratable
             assert row.predicted_agreement == pytest.approx(alone.predicted_agreement, abs=1e-9)
         audits = s.scalars(select(AuditEvent).where(AuditEvent.action == "image.compute_lot")).all()
-        assert [a.details["dies"] for a in audits] == [3, 1]  # one audit row per batch
+        # One audit row per batch; batches run in worker processes and end in either order.
+        assert sorted(a.details["dies"] for a in audits) == [1, 3]
 
 
 def test_rerun_computes_nothing_and_the_chip_api_serves_the_lot_images(
