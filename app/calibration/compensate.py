@@ -37,7 +37,7 @@ from app.calibration.activations import ActivationStats, LayerStats
 from app.calibration.compensation.config import ALGORITHM_VERSION, CompensationConfig
 from app.calibration.compensation.layout import choose_replicas, place_routed, place_tiles
 from app.calibration.compensation.precompute import ModelTables, model_tables
-from app.calibration.compensation.prediction import Instance, tile_instances
+from app.calibration.compensation.prediction import Instance, tile_instances_many
 from app.calibration.compensation.thresholds import optimise_thresholds
 from app.calibration.signature import Signature
 from hardware.chip import ImageHeader, NetworkProgram, Tile, WeightImage, strip_binary_weights
@@ -53,6 +53,9 @@ __all__ = [
 _T = TypeVar("_T", bound=np.generic)
 
 CPU_DIES_PER_SEARCH = 2
+CPU_DIES_PER_PRODUCT = 8
+"""Dies whose per-cell products are computed as one (the sampled patches, tens of MB per row tile,
+are read once for all of them: 3x less time per die at 8 than one by one)."""
 
 
 @dataclass(frozen=True)
@@ -84,14 +87,14 @@ class _DiePlan:
     groups: list[tuple[str, int, int, list[Instance]]]  # (layer, c0, nc, instances)
 
 
-def _plan(
+def _layout(
     program: NetworkProgram,
     stats: ActivationStats,
     signature: Signature,
     header: ImageHeader,
     config: CompensationConfig,
-    tables: ModelTables,
 ) -> _DiePlan:
+    """The die's layout; its instances come after (:func:`_predict`, several dies at once)."""
     g = signature.geometry
     if g != stats.geometry:
         raise ValueError("signature and activation statistics were made for different geometries")
@@ -100,16 +103,24 @@ def _plan(
         program, stats, signature, replicas, reroute=config.reroute
     )
     macros = place_routed(program, tiles, col_map, g)
-    groups = []
+    return _DiePlan(signature, header, replicas, tiles, col_map, macros, moved, unrepaired, [])
+
+
+def _predict(
+    program: NetworkProgram, plans: Sequence[_DiePlan], config: CompensationConfig, tables: ModelTables
+) -> None:
+    """Every plan's instances, per column tile of every layer (the per-cell products of all the
+    ``plans`` dies computed together)."""
     for layer in program.binary_layers():
-        layer_tiles = [t for t in tiles if t.layer == layer.name]
-        for ct in sorted({t.col_tile for t in layer_tiles}):
-            group = [t for t in layer_tiles if t.col_tile == ct]
-            c0, nc = group[0].col_start, group[0].n_cols
-            groups.append(
-                (layer.name, c0, nc, tile_instances(tables, layer.name, group, col_map, signature, config))
+        per_die = [[t for t in p.tiles if t.layer == layer.name] for p in plans]
+        for ct in sorted({t.col_tile for t in per_die[0]}):
+            groups = [[t for t in ts if t.col_tile == ct] for ts in per_die]
+            c0, nc = groups[0][0].col_start, groups[0][0].n_cols
+            instances = tile_instances_many(
+                tables, layer.name, groups, [p.col_map for p in plans], [p.signature for p in plans], config
             )
-    return _DiePlan(signature, header, replicas, tiles, col_map, macros, moved, unrepaired, groups)
+            for p, inst in zip(plans, instances, strict=True):
+                p.groups.append((layer.name, c0, nc, inst))
 
 
 def _output(
@@ -172,7 +183,8 @@ def compensate_image(
     """The weight image of ``program`` for the die described by ``signature`` (deterministic)."""
     t0 = time.perf_counter()
     config = config or CompensationConfig()
-    plan = _plan(program, stats, signature, header, config, model_tables(program, stats))
+    plan = _layout(program, stats, signature, header, config)
+    _predict(program, [plan], config, model_tables(program, stats))
     thresholds, agreement = _empty_results(program)
     for name, c0, nc, inst in plan.groups:
         thr, agree = optimise_thresholds(stats.layers[name], c0, nc, inst, signature.geometry, config)
@@ -206,8 +218,10 @@ def compensate_images(
     config = config or CompensationConfig()
     dev = None if device is None else torch.device(device)
     tables = model_tables(program, stats)
-    plans = [_plan(program, stats, s, h, config, tables) for s, h in zip(signatures, headers, strict=True)]
+    plans = [_layout(program, stats, s, h, config) for s, h in zip(signatures, headers, strict=True)]
     results = [_empty_results(program) for _ in plans]
+    for start in range(0, len(plans), CPU_DIES_PER_PRODUCT):
+        _predict(program, plans[start : start + CPU_DIES_PER_PRODUCT], config, tables)
     per = dies_per_search or (len(plans) if dev is not None and dev.type != "cpu" else CPU_DIES_PER_SEARCH)
     for start in range(0, len(plans), per):
         _search_batch(stats, plans[start : start + per], results[start : start + per], config, dev)
