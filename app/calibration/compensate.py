@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from app.calibration.activations import ActivationStats, LayerStats
+from app.calibration.activations import ActivationStats
 from app.calibration.compensation.config import ALGORITHM_VERSION, CompensationConfig
 from app.calibration.compensation.layout import choose_replicas, place_routed, place_tiles
 from app.calibration.compensation.precompute import ModelTables, model_tables
@@ -50,9 +49,8 @@ __all__ = [
     "compensate_images",
 ]
 
-_T = TypeVar("_T", bound=np.generic)
 
-CPU_DIES_PER_SEARCH = 2
+CPU_DIES_PER_SEARCH = 4
 CPU_DIES_PER_PRODUCT = 8
 """Dies whose per-cell products are computed as one (the sampled patches, tens of MB per row tile,
 are read once for all of them: 3x less time per die at 8 than one by one)."""
@@ -183,11 +181,20 @@ def compensate_image(
     """The weight image of ``program`` for the die described by ``signature`` (deterministic)."""
     t0 = time.perf_counter()
     config = config or CompensationConfig()
+    tables = model_tables(program, stats)
     plan = _layout(program, stats, signature, header, config)
-    _predict(program, [plan], config, model_tables(program, stats))
+    _predict(program, [plan], config, tables)
     thresholds, agreement = _empty_results(program)
     for name, c0, nc, inst in plan.groups:
-        thr, agree = optimise_thresholds(stats.layers[name], c0, nc, inst, signature.geometry, config)
+        thr, agree = optimise_thresholds(
+            stats.layers[name],
+            c0,
+            nc,
+            inst,
+            signature.geometry,
+            config,
+            at_boundary=tables.boundary(name, c0, nc),
+        )
         thresholds[name][c0 : c0 + nc], agreement[name][c0 : c0 + nc] = thr, agree
     return _output(program, plan, thresholds, agreement, time.perf_counter() - t0)
 
@@ -224,13 +231,13 @@ def compensate_images(
         _predict(program, plans[start : start + CPU_DIES_PER_PRODUCT], config, tables)
     per = dies_per_search or (len(plans) if dev is not None and dev.type != "cpu" else CPU_DIES_PER_SEARCH)
     for start in range(0, len(plans), per):
-        _search_batch(stats, plans[start : start + per], results[start : start + per], config, dev)
+        _search_batch(tables, plans[start : start + per], results[start : start + per], config, dev)
     each_s = (time.perf_counter() - t0) / len(plans)
     return [_output(program, p, thr, agr, each_s) for p, (thr, agr) in zip(plans, results, strict=True)]
 
 
 def _search_batch(
-    stats: ActivationStats,
+    tables: ModelTables,
     plans: Sequence[_DiePlan],
     results: Sequence[tuple[dict[str, NDArray[np.int32]], dict[str, NDArray[np.float64]]]],
     config: CompensationConfig,
@@ -240,32 +247,15 @@ def _search_batch(
     for gi, (name, c0, nc, first) in enumerate(plans[0].groups):
         stacked = [Instance.stack([p.groups[gi][3][k] for p in plans]) for k in range(len(first))]
         thr, agree = optimise_thresholds(
-            _repeat_channels(stats.layers[name], c0, nc, n_dies),
+            tables.repeated(name, c0, nc, n_dies),
             0,
             nc * n_dies,
             stacked,
-            stats.geometry,
+            tables.stats.geometry,
             config,
-            die_channels=nc,
             device=device,
+            at_boundary=np.concatenate([tables.boundary(name, c0, nc)] * n_dies),
         )
         for d, (thresholds, agreement) in enumerate(results):
             thresholds[name][c0 : c0 + nc] = thr[d * nc : (d + 1) * nc]
             agreement[name][c0 : c0 + nc] = agree[d * nc : (d + 1) * nc]
-
-
-def _repeat_channels(ls: LayerStats, c0: int, nc: int, times: int) -> LayerStats:
-    """The per-channel statistics of channels c0..c0+nc repeated ``times`` (one copy per stacked die)."""
-
-    def rep(a: NDArray[_T]) -> NDArray[_T]:
-        return np.concatenate([a[c0 : c0 + nc]] * times)
-
-    return replace(
-        ls,
-        threshold=rep(ls.threshold),
-        sample_idx=rep(ls.sample_idx),
-        weight=rep(ls.weight),
-        ideal=rep(ls.ideal),
-        tile_sum=rep(ls.tile_sum),
-        tile_active=rep(ls.tile_active),
-    )

@@ -27,5 +27,5 @@ class CompensationConfig:
     use_cell_error: bool = True
     use_edges: bool = True
     reroute: bool = True
-    window: int = 8
+    window: int = 3
     bias_weight: float = 100.0
