@@ -51,6 +51,7 @@ __all__ = [
 
 
 CPU_DIES_PER_SEARCH = 4
+"""Dies whose threshold searches run as one on the CPU (beyond 4, no gain per die was measured)."""
 CPU_DIES_PER_PRODUCT = 8
 """Dies whose per-cell products are computed as one (the sampled patches, tens of MB per row tile,
 are read once for all of them: 3x less time per die at 8 than one by one)."""
@@ -109,13 +110,20 @@ def _predict(
 ) -> None:
     """Every plan's instances, per column tile of every layer (the per-cell products of all the
     ``plans`` dies computed together)."""
+    edges = [p.signature.edges_mac() if config.use_edges else None for p in plans]
     for layer in program.binary_layers():
         per_die = [[t for t in p.tiles if t.layer == layer.name] for p in plans]
         for ct in sorted({t.col_tile for t in per_die[0]}):
             groups = [[t for t in ts if t.col_tile == ct] for ts in per_die]
             c0, nc = groups[0][0].col_start, groups[0][0].n_cols
             instances = tile_instances_many(
-                tables, layer.name, groups, [p.col_map for p in plans], [p.signature for p in plans], config
+                tables,
+                layer.name,
+                groups,
+                [p.col_map for p in plans],
+                [p.signature for p in plans],
+                config,
+                edges,
             )
             for p, inst in zip(plans, instances, strict=True):
                 p.groups.append((layer.name, c0, nc, inst))
@@ -209,13 +217,16 @@ def compensate_images(
     device: torch.device | str | None = None,
     dies_per_search: int | None = None,
 ) -> list[CompensationOutput]:
-    """The images of many dies at once: each die's layout and prediction on its own, then every column
-    tile's threshold search for ``dies_per_search`` dies at a time as one batch (torch on ``device``,
-    CPU by default; default: every die on a GPU, :data:`CPU_DIES_PER_SEARCH` on the CPU, where larger
-    batches fall out of the cache and run slower per die).
+    """The images of many dies at once: each die's layout on its own, the per-cell products of
+    :data:`CPU_DIES_PER_PRODUCT` dies as one (the model's sampled patches read once for all of them),
+    then every column tile's threshold search for ``dies_per_search`` dies at a time as one batch
+    (torch on ``device``, CPU by default; default: every die on a GPU, :data:`CPU_DIES_PER_SEARCH`
+    on the CPU, where larger batches gain nothing).
 
-    The same images as :func:`compensate_image` die by die (up to the floating-point order of the
-    batched sums). ``compute_s`` of each output is the batch's host time divided by its dies.
+    The same images as :func:`compensate_image` die by die (every channel's search depends on its
+    own data only, and the batched products were measured to give the per-die bits, which
+    ``tests/calibration/test_compensate.py`` checks). ``compute_s`` of each output is the batch's
+    host time divided by its dies.
     """
     if len(signatures) != len(headers):
         raise ValueError(f"{len(signatures)} signatures but {len(headers)} headers")

@@ -225,14 +225,18 @@ def tile_instances_many(
     col_maps: Sequence[NDArray[np.int16]],
     signatures: Sequence[Signature],
     config: CompensationConfig,
+    edges: Sequence[NDArray[np.float32] | None] | None = None,
 ) -> list[list[Instance]]:
     """:func:`tile_instances` of several dies (each its own tiles and routing of the same column
-    tile): the same instances, the per-cell products of every die computed as one."""
+    tile): the same instances, the per-cell products of every die computed as one. ``edges``: each
+    die's ``signature.edges_mac()`` when the caller has them (used when ``config.use_edges``)."""
     cells = config.use_cell_error
     terms = _cell_terms(tables, layer_name, tiles, col_maps, signatures, [cells] * len(signatures))
+    if edges is None:
+        edges = [s.edges_mac() if config.use_edges else None for s in signatures]
     return [
-        _instances(ts, cm, sig, config, _stuck_terms(tables, layer_name, ts, cm, sig, cells, extra))
-        for ts, cm, sig, extra in zip(tiles, col_maps, signatures, terms, strict=True)
+        _instances(ts, cm, sig, config, _stuck_terms(tables, layer_name, ts, cm, sig, cells, extra), e)
+        for ts, cm, sig, extra, e in zip(tiles, col_maps, signatures, terms, edges, strict=True)
     ]
 
 
@@ -242,9 +246,9 @@ def _instances(
     signature: Signature,
     config: CompensationConfig,
     extras: list[NDArray[np.float64] | None],
+    edges_all: NDArray[np.float32] | None,
 ) -> list[Instance]:
     out = []
-    edges_all = signature.edges_mac() if config.use_edges else None
     g = signature.geometry
     resid = (
         signature.cell_residual_sigma
@@ -327,7 +331,8 @@ class SampleModel:
         p = torch.where(dev(t > g.code_max)[:, None, :], 0.0, p)
         dead = pick(inst.dead)
         if np.any(dead):
-            dead_p = dev((pick(inst.dead_code)[:, None] >= t).astype(np_dtype))
+            dead_code = inst.dead_code if rows is None else inst.dead_code[rows]
+            dead_p = dev((dead_code[:, None] >= t).astype(np_dtype))
             p = torch.where(dev(dead)[:, None, None], dead_p[:, None, :], p)
         return p
 
