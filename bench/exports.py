@@ -91,36 +91,14 @@ def synthetic_lot(wafers: int, dies_per_wafer: int, seed: int) -> tuple[LotResul
             at = T0 + timedelta(seconds=w * 3600 + i)
             rows.append(
                 DieRow(
-                    LOT,
-                    w,
-                    x,
-                    y,
-                    ecid,
-                    "kws-bnn@1",
-                    soft,
-                    hard,
-                    info.passed,
-                    before / 100,
-                    after / 100,
-                    0.07,
-                    at,
-                    1 + i % 2,
-                    1,
-                    64,
-                    0,
-                    0.262,
-                    dead,
-                    stuck,
-                    spread,
-                    at,
+                    LOT, w, x, y, ecid, "kws-bnn@1", soft, hard, info.passed, before / 100, after / 100,
+                    0.07, at, 1 + i % 2, 1, 64, 0, 0.262, dead, stuck, spread, at,
                 )
             )
             if w == 1:
                 first_map[(x, y)] = soft
         start = T0 + timedelta(hours=w)
-        wafer_results.append(
-            WaferResult(w, f"{LOT}-W{w:02d}", start, start + timedelta(minutes=30), tuple(parts))
-        )
+        wafer_results.append(WaferResult(w, f"{LOT}-W{w:02d}", start, start + timedelta(minutes=30), tuple(parts)))
     used = sorted({int(b) for b in soft_bins})
     lot = LotResult(
         lot_id=LOT,
@@ -133,9 +111,7 @@ def synthetic_lot(wafers: int, dies_per_wafer: int, seed: int) -> tuple[LotResul
         soft_bins={b: bin_info(b) for b in used},
         hard_bins={1: BinInfo(1, "pass", True), 2: BinInfo(2, "fail", False)},
     )
-    bin_map = WaferBinMap(
-        LOT, 1, f"{LOT}-W01", first_map, {b: bin_info(b) for b in used}, "CIM-BENCH", "kws-bnn@1"
-    )
+    bin_map = WaferBinMap(LOT, 1, f"{LOT}-W01", first_map, {b: bin_info(b) for b in used}, "CIM-BENCH", "kws-bnn@1")
     return lot, rows, bin_map
 
 

@@ -57,9 +57,7 @@ def run(dies: int, scales: list[float], test_clips: int, seed: int, model: str) 
         for die in range(dies):
             addr = die_address(si, die)
             for name, cfg in SETTINGS.items():
-                drv = SimulatedDriver(
-                    fleet_seed=FLEET_SEED, variation_scale=scale, noise_seed=FLEET_SEED * 1009 + die
-                )
+                drv = SimulatedDriver(fleet_seed=FLEET_SEED, variation_scale=scale, noise_seed=FLEET_SEED * 1009 + die)
                 drv.connect()
                 drv.probe(addr)
                 truth = oracle_driver_truth(drv, addr)  # ORACLE: for scoring only
@@ -84,10 +82,7 @@ def run(dies: int, scales: list[float], test_clips: int, seed: int, model: str) 
                     "edge_rmse_lsb": float(np.sqrt(np.mean(err**2))),
                     "characterize_compute_s": char.compute_s,
                 }
-                for label, comp_cfg in (
-                    ("accuracy", CompensationConfig()),
-                    ("accuracy_edges", CompensationConfig(use_edges=True)),
-                ):
+                for label, comp_cfg in (("accuracy", CompensationConfig()), ("accuracy_edges", CompensationConfig(use_edges=True))):
                     comp = compensate(ctx, sig, addr.ecid, config=comp_cfg)
                     rec[label] = functional_test(drv, comp.image_bytes, data.test_x, data.test_y).accuracy
                 rec["wall_s"] = time.perf_counter() - t0
@@ -104,9 +99,7 @@ def stuck_map(
     rows = []
     for scale in scales:
         fleet = SimulatedFleet(
-            FleetConfig(
-                seed=fleet_seed, variation=VariationConfig(variation_scale=scale, stuck_cell_rate=rate)
-            )
+            FleetConfig(seed=fleet_seed, variation=VariationConfig(variation_scale=scale, stuck_cell_rate=rate))
         )
         drv = SimulatedDriver(fleet=fleet, noise_seed=0).connect()
         drv.probe(addr)
@@ -129,10 +122,7 @@ def stuck_map(
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
-    out = [
-        "| scale | setting | stuck prior | edge prior (LSB) | stuck found / hits / true | edge RMSE (LSB) | accuracy | with edges |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    out = ["| scale | setting | stuck prior | edge prior (LSB) | stuck found / hits / true | edge RMSE (LSB) | accuracy | with edges |", "|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["scale"], r["setting"]) for r in rows})
     for scale, setting in keys:
         rs = [r for r in rows if r["scale"] == scale and r["setting"] == setting]
