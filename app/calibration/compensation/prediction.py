@@ -182,17 +182,23 @@ def _stuck_terms(
     idx = stats.sample_idx[c0 : c0 + nc]  # (nc, n)
     wm_all = tables.weights[layer_name]
     s = signature.stuck
+    if s.macro.size == 0:
+        return out
+    stuck_col = s.col.astype(np.int64)
     for i, t in enumerate(tiles):
+        on_macro = np.flatnonzero(s.macro == t.macro)
+        if on_macro.size == 0:
+            continue
         phys = col_map[t.macro, :nc].astype(np.int64)
         r0, nr = t.row_start, t.n_rows
-        sel = np.flatnonzero((s.macro == t.macro) & (s.row < nr) & np.isin(s.col, phys))
+        lookup = np.full(signature.geometry.phys_cols, -1, np.int64)
+        lookup[phys] = np.arange(nc)
+        sel = on_macro[(s.row[on_macro] < nr) & (lookup[stuck_col[on_macro]] >= 0)]
         if sel.size == 0:
             continue
         prev = out[i]
         extra = prev if prev is not None else np.zeros(idx.shape, np.float64)
-        lookup = np.full(signature.geometry.phys_cols, -1, np.int64)
-        lookup[phys] = np.arange(nc)
-        col = s.col[sel].astype(np.int64)
+        col = stuck_col[sel]
         j, r = lookup[col], s.row[sel].astype(np.int64)
         cell_error = signature.cell_error if cells else None
         rel = 1.0 if cell_error is None else 1.0 + cell_error[t.macro, r, col].astype(np.float64)
