@@ -291,21 +291,22 @@ class Signature:
     @classmethod
     def from_bytes(cls, data: bytes) -> Signature:
         """Parse and verify; raises :class:`SignatureFormatError` with the reason on any defect."""
-        data = bytes(data)
-        if len(data) < _PREFIX.size + _DIGEST_BYTES:
-            raise SignatureFormatError(f"signature truncated: {len(data)} bytes")
-        magic, version, _, hlen = _PREFIX.unpack_from(data)
+        # No copies of immutable bytes: the arrays are read-only views of them.
+        view = memoryview(data if isinstance(data, bytes) else bytes(data)).cast("B")
+        if len(view) < _PREFIX.size + _DIGEST_BYTES:
+            raise SignatureFormatError(f"signature truncated: {len(view)} bytes")
+        magic, version, _, hlen = _PREFIX.unpack_from(view)
         if magic != SIGNATURE_MAGIC:
             raise SignatureFormatError(f"not a cimcal signature (magic {magic!r})")
         if version != SIGNATURE_VERSION:
             raise SignatureFormatError(
                 f"unsupported signature version {version} (this build reads {SIGNATURE_VERSION})"
             )
-        body, digest = data[:-_DIGEST_BYTES], data[-_DIGEST_BYTES:]
+        body, digest = view[:-_DIGEST_BYTES], view[-_DIGEST_BYTES:]
         if hashlib.sha256(body).digest() != digest:
             raise SignatureFormatError("signature SHA-256 mismatch: the bytes are truncated or corrupted")
         try:
-            header = json.loads(body[_PREFIX.size : _PREFIX.size + hlen])
+            header = json.loads(bytes(body[_PREFIX.size : _PREFIX.size + hlen]))
             return cls._from_parts(header, body[_PREFIX.size + hlen :])
         except SignatureFormatError:
             raise
@@ -313,7 +314,7 @@ class Signature:
             raise SignatureFormatError(f"signature content is inconsistent: {e}") from e
 
     @classmethod
-    def _from_parts(cls, header: dict[str, Any], payload: bytes) -> Signature:
+    def _from_parts(cls, header: dict[str, Any], payload: bytes | memoryview) -> Signature:
         g = ChipGeometry.from_dict(header["geometry"])
         arrays: dict[str, NDArray[Any]] = {}
         end = 0

@@ -25,7 +25,6 @@ from app.calibration.pipeline import ModelContext, Signature, SignatureFormatErr
 from app.db.repositories import audit, images, lots, models, signatures
 from app.db.repositories.images import LotDie
 from app.db.session import session_scope
-from app.db.tables import Image
 from app.errors import ConflictError, InvalidInputError, NotFoundError
 from app.services.images import ImageStore
 from app.services.runtime import ModelRuntime, ModelRuntimes, runtime_for
@@ -155,6 +154,7 @@ class _Computed:
     """One die's image as a worker hands it back (no arrays: the encoded bytes and the facts)."""
 
     image_bytes: bytes
+    image_sha256: str
     algorithm_version: str
     predicted_agreement: float
     compute_s: float
@@ -186,13 +186,19 @@ def _compute_batch(ctx: ModelContext, device: str, jobs: Sequence[tuple[str, str
         except SignatureFormatError as e:
             return [
                 _Computed(
-                    b"", "", 0.0, 0.0, False, "", error=f"stored signature of {ecid} is unreadable: {e}"
+                    b"", "", "", 0.0, 0.0, False, "", error=f"stored signature of {ecid} is unreadable: {e}"
                 )
             ]
     outs = compensate_many(ctx, sigs, [j[0] for j in jobs], [j[1] for j in jobs], device=device)
     return [
         _Computed(
-            o.image_bytes, o.algorithm_version, o.predicted_agreement, o.compute_s, o.calibratable, o.reason
+            o.image_bytes,
+            o.image_sha256,
+            o.algorithm_version,
+            o.predicted_agreement,
+            o.compute_s,
+            o.calibratable,
+            o.reason,
         )
         for o in outs
     ]
@@ -262,24 +268,26 @@ def _store(
     device: str,
     actor: str,
 ) -> None:
-    """The batch's images into the store, then their rows and one audit row in one transaction."""
+    """The batch's images into the store (written side by side, hashed by the workers), then their
+    rows (one executemany INSERT) and one audit row in one transaction."""
+    shas = store.put_many([r.image_bytes for r in results], [r.image_sha256 for r in results])
     rows = [
-        Image(
-            die_id=d.die_id,
-            model_id=model_id,
-            signature_id=d.signature_id,
-            ecid=d.ecid,
-            signature_sha256=d.signature_sha256,
-            content_sha256=store.put(r.image_bytes),
-            size_bytes=len(r.image_bytes),
-            algorithm_version=r.algorithm_version,
-            predicted_agreement=r.predicted_agreement,
-            compute_s=r.compute_s,
-            calibratable=r.calibratable,
-            reason=r.reason or None,
-            provenance_id=d.provenance_id,
-        )
-        for d, r in zip(batch, results, strict=True)
+        {
+            "die_id": d.die_id,
+            "model_id": model_id,
+            "signature_id": d.signature_id,
+            "ecid": d.ecid,
+            "signature_sha256": d.signature_sha256,
+            "content_sha256": sha,
+            "size_bytes": len(r.image_bytes),
+            "algorithm_version": r.algorithm_version,
+            "predicted_agreement": r.predicted_agreement,
+            "compute_s": r.compute_s,
+            "calibratable": r.calibratable,
+            "reason": r.reason or None,
+            "provenance_id": d.provenance_id,
+        }
+        for d, r, sha in zip(batch, results, shas, strict=True)
     ]
     with session_scope(factory) as s:
         images.add_many(s, rows)

@@ -71,25 +71,29 @@ def route_tile(
     p_row = stats.layers[tile.layer].p_row[tile.row_start : tile.row_start + tile.n_rows]
     dead = signature.dead_cols[tile.macro]
     conflict = _stuck_conflicts(signature, tile.macro, wm, p_row)  # (n_cols, phys_cols) expected MAC error
-    used = list(range(tile.n_cols))
-    free = [p for p in range(g.phys_cols) if p >= tile.n_cols and not dead[p]]
-    assign = {lcol: lcol for lcol in used}
+    n = tile.n_cols
+    own = conflict[np.arange(n), np.arange(n)]
+    free = np.arange(g.phys_cols) >= n
+    free &= ~dead
+    row = identity.copy()
+    row_phys = np.arange(g.phys_cols, dtype=np.int64)[:n].copy()
     moved = 0
-    for lcol in sorted(used, key=lambda c: (not dead[c], -conflict[c, c], c)):  # dead first, then worst
-        if not free:
+    # Only dead columns and those whose own stuck cells cost enough can move; dead first, then worst.
+    movable = np.flatnonzero(dead[:n] | (own >= 0.25))
+    for lcol in sorted(movable.tolist(), key=lambda c: (not dead[c], -own[c], c)):
+        free_idx = np.flatnonzero(free)
+        if free_idx.size == 0:
             break
-        own = conflict[lcol, lcol]
-        if not dead[lcol] and own < 0.25:
-            continue
-        best = min(free, key=lambda p: (conflict[lcol, p], p))
-        if dead[lcol] or conflict[lcol, best] < own:
-            assign[lcol] = best
-            free.remove(best)
+        best = int(free_idx[np.argmin(conflict[lcol, free_idx])])  # the lowest of equal costs
+        if dead[lcol] or conflict[lcol, best] < own[lcol]:
+            row_phys[lcol] = best
+            free[best] = False
             moved += 1
-    unrepaired = sum(1 for lcol in used if dead[assign[lcol]])
-    taken = set(assign.values())
-    rest = [p for p in range(g.phys_cols) if p not in taken]
-    row = np.array([assign[c] if c in assign else rest.pop(0) for c in range(g.cols)], dtype=np.int16)
+    unrepaired = int(dead[row_phys].sum())
+    taken = np.zeros(g.phys_cols, bool)
+    taken[row_phys] = True
+    row[:n] = row_phys
+    row[n:] = np.flatnonzero(~taken)[: g.cols - n]
     return row, moved, unrepaired
 
 
@@ -140,10 +144,14 @@ def _stuck_conflicts(
     n_rows, n_cols = wm.shape
     cost = np.zeros((n_cols, signature.geometry.phys_cols), np.float64)
     s = signature.stuck
-    sel = (s.macro == macro) & (s.row < n_rows)
-    for r, p, v, mag in zip(s.row[sel], s.col[sel], s.value[sel], s.magnitude[sel], strict=True):
-        wrong = wm[r, :] != v
-        cost[wrong, p] += 2.0 * float(mag) * float(p_row[r])
+    sel = np.flatnonzero((s.macro == macro) & (s.row < n_rows))
+    if sel.size == 0:
+        return cost
+    r = s.row[sel].astype(np.int64)
+    wrong = wm[r, :] != s.value[sel][:, None]  # (stuck, n_cols)
+    k, c = np.nonzero(wrong)  # stuck-major: each cell's additions in the order of the stuck list
+    val = 2.0 * s.magnitude[sel].astype(np.float64) * p_row[r].astype(np.float64)
+    np.add.at(cost, (c, s.col[sel].astype(np.int64)[k]), val[k])
     return cost
 
 

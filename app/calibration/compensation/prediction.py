@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -127,51 +127,78 @@ def _code_moments(
     return mean, var
 
 
-def _tile_extras(
+def _cell_terms(
+    tables: ModelTables,
+    layer_name: str,
+    tiles: Sequence[Sequence[Tile]],
+    col_maps: Sequence[NDArray[np.int16]],
+    signatures: Sequence[Signature],
+    use: Sequence[bool],
+) -> list[list[NDArray[np.float64] | None]]:
+    """Per-cell error terms (nc, n) MAC of the sampled patches, per die and tile of one column tile:
+    one batched product per row tile over the channels' own sampled patches, with every copy of every
+    die stacked (the patches, too large for the cache, are read once for all of them)."""
+    out: list[list[NDArray[np.float64] | None]] = [[None] * len(ts) for ts in tiles]
+    first = tiles[0]
+    c0, nc = first[0].col_start, first[0].n_cols
+    wm_all = tables.weights[layer_name]
+    for rt in sorted({t.row_tile for ts in tiles for t in ts}):
+        coefs: list[NDArray[np.float32]] = []
+        where: list[tuple[int, int]] = []  # (die, tile index) of each stacked copy
+        r0 = nr = 0
+        for d, (ts, col_map, sig) in enumerate(zip(tiles, col_maps, signatures, strict=True)):
+            if sig.cell_error is None or not use[d]:
+                continue
+            for i, t in enumerate(ts):
+                if t.row_tile != rt:
+                    continue
+                r0, nr = t.row_start, t.n_rows
+                wm = wm_all[r0 : r0 + nr, c0 : c0 + nc].astype(np.float32)  # (nr, nc)
+                phys = col_map[t.macro, :nc].astype(np.int64)
+                err = sig.cell_error[t.macro, :nr, :][:, phys]
+                coefs.append(wm * err * sig.gain[t.macro, phys][None, :])  # beyond g * w, per row
+                where.append((d, i))
+        if not coefs:
+            continue
+        coef = torch.from_numpy(np.ascontiguousarray(np.stack(coefs, axis=0).transpose(2, 0, 1)))
+        full = torch.bmm(coef, tables.patches(layer_name, c0, nc, r0, nr)).numpy()  # (nc, copies, n)
+        for k, (d, i) in enumerate(where):
+            out[d][i] = full[:, k, :].astype(np.float64)
+    return out
+
+
+def _stuck_terms(
     tables: ModelTables,
     layer_name: str,
     tiles: Sequence[Tile],
     col_map: NDArray[np.int16],
     signature: Signature,
-    use_cells: bool,
+    cells: bool,
+    out: list[NDArray[np.float64] | None],
 ) -> list[NDArray[np.float64] | None]:
-    """Analog terms (nc, n) MAC of the sampled patches beyond ``gain * ideal sum``, per tile of one
-    column tile: the per-cell errors (one batched product per row tile over the channels' own sampled
-    patches, all copies at once) and the stuck cells (sparse)."""
+    """``out`` (one die's per-tile terms) plus the stuck cells' terms (sparse)."""
     stats = tables.stats.layers[layer_name]
     c0, nc = tiles[0].col_start, tiles[0].n_cols
     idx = stats.sample_idx[c0 : c0 + nc]  # (nc, n)
     wm_all = tables.weights[layer_name]
-    cells = signature.cell_error is not None and use_cells
-    out: list[NDArray[np.float64] | None] = [None] * len(tiles)
-    if cells:
-        assert signature.cell_error is not None
-        for rt in sorted({t.row_tile for t in tiles}):
-            members = [i for i, t in enumerate(tiles) if t.row_tile == rt]
-            r0, nr = tiles[members[0]].row_start, tiles[members[0]].n_rows
-            wm = wm_all[r0 : r0 + nr, c0 : c0 + nc].astype(np.float32)  # (nr, nc)
-            coefs = []
-            for i in members:
-                t = tiles[i]
-                phys = col_map[t.macro, :nc].astype(np.int64)
-                err = signature.cell_error[t.macro, :nr, :][:, phys]
-                coefs.append(wm * err * signature.gain[t.macro, phys][None, :])  # beyond g * w, per row
-            coef = torch.from_numpy(np.ascontiguousarray(np.stack(coefs, axis=0).transpose(2, 0, 1)))
-            full = torch.bmm(coef, tables.patches(layer_name, c0, nc, r0, nr)).numpy()  # (nc, copies, n)
-            for k, i in enumerate(members):
-                out[i] = full[:, k, :].astype(np.float64)
     s = signature.stuck
+    if s.macro.size == 0:
+        return out
+    stuck_col = s.col.astype(np.int64)
     for i, t in enumerate(tiles):
+        on_macro = np.flatnonzero(s.macro == t.macro)
+        if on_macro.size == 0:
+            continue
         phys = col_map[t.macro, :nc].astype(np.int64)
         r0, nr = t.row_start, t.n_rows
-        sel = np.flatnonzero((s.macro == t.macro) & (s.row < nr) & np.isin(s.col, phys))
+        lookup = np.full(signature.geometry.phys_cols, -1, np.int64)
+        lookup[phys] = np.arange(nc)
+        sel = on_macro[(s.row[on_macro] < nr) & (lookup[stuck_col[on_macro]] >= 0)]
         if sel.size == 0:
             continue
         prev = out[i]
         extra = prev if prev is not None else np.zeros(idx.shape, np.float64)
-        lookup = np.full(signature.geometry.phys_cols, -1, np.int64)
-        lookup[phys] = np.arange(nc)
-        col = s.col[sel].astype(np.int64)
+        col = stuck_col[sel]
         j, r = lookup[col], s.row[sel].astype(np.int64)
         cell_error = signature.cell_error if cells else None
         rel = 1.0 if cell_error is None else 1.0 + cell_error[t.macro, r, col].astype(np.float64)
@@ -193,15 +220,47 @@ def tile_instances(
     signature: Signature,
     config: CompensationConfig,
 ) -> list[Instance]:
+    """The :class:`Instance` of each of ``tiles`` (the tiles of one column tile) on one die."""
+    return tile_instances_many(tables, layer_name, [tiles], [col_map], [signature], config)[0]
+
+
+def tile_instances_many(
+    tables: ModelTables,
+    layer_name: str,
+    tiles: Sequence[Sequence[Tile]],
+    col_maps: Sequence[NDArray[np.int16]],
+    signatures: Sequence[Signature],
+    config: CompensationConfig,
+    edges: Sequence[NDArray[np.float32] | None] | None = None,
+) -> list[list[Instance]]:
+    """:func:`tile_instances` of several dies (each its own tiles and routing of the same column
+    tile): the same instances, the per-cell products of every die computed as one. ``edges``: each
+    die's ``signature.edges_mac()`` when the caller has them (used when ``config.use_edges``)."""
+    cells = config.use_cell_error
+    terms = _cell_terms(tables, layer_name, tiles, col_maps, signatures, [cells] * len(signatures))
+    if edges is None:
+        edges = [s.edges_mac() if config.use_edges else None for s in signatures]
+    return [
+        _instances(ts, cm, sig, config, _stuck_terms(tables, layer_name, ts, cm, sig, cells, extra), e)
+        for ts, cm, sig, extra, e in zip(tiles, col_maps, signatures, terms, edges, strict=True)
+    ]
+
+
+def _instances(
+    tiles: Sequence[Tile],
+    col_map: NDArray[np.int16],
+    signature: Signature,
+    config: CompensationConfig,
+    extras: list[NDArray[np.float64] | None],
+    edges_all: NDArray[np.float32] | None,
+) -> list[Instance]:
     out = []
-    edges_all = signature.edges_mac() if config.use_edges else None
     g = signature.geometry
     resid = (
         signature.cell_residual_sigma
         if (config.use_cell_error and signature.cell_error is not None)
         else signature.cell_sigma
     )
-    extras = _tile_extras(tables, layer_name, tiles, col_map, signature, config.use_cell_error)
     for t, extra in zip(tiles, extras, strict=True):
         phys = col_map[t.macro, : t.n_cols].astype(np.int64)
         if edges_all is None:
@@ -244,34 +303,54 @@ class SampleModel:
     center: NDArray[np.float64]
     spread: NDArray[np.float64]
     geometry: ChipGeometry
+    _f32: dict[int, NDArray[np.float32]] = field(default_factory=dict, repr=False)
 
     def prob(
-        self, candidates: NDArray[np.int64], rows: NDArray[np.intp], device: torch.device | None = None
+        self,
+        candidates: NDArray[np.int64],
+        rows: NDArray[np.intp] | None,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float64,
     ) -> torch.Tensor:
-        """P(sum of codes >= T) (m, n, n_cand) float64 on ``device`` for thresholds ``candidates``
-        (m, n_cand) of the channels ``rows`` (m,)."""
+        """P(sum of codes >= T) (m, n, n_cand) in ``dtype`` on ``device`` for thresholds ``candidates``
+        (m, n_cand) of the channels ``rows`` (m,; None: every channel, in order)."""
         g = self.geometry
         inst = self.single
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
 
         def dev(a: NDArray[np.generic]) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
-        center = dev(self.center[rows])[:, :, None]
-        spread = dev(self.spread[rows])[:, :, None]
+        def pick(a: NDArray[np.generic]) -> NDArray[np.generic]:
+            return a if rows is None else a[rows]
+
+        center = dev(self._as(self.center, np_dtype, rows))[:, :, None]
+        spread = dev(self._as(self.spread, np_dtype, rows))[:, :, None]
         if inst is None:
-            cand = dev(candidates.astype(np.float64))[:, None, :]
+            cand = dev(candidates.astype(np_dtype))[:, None, :]
             return torch.special.ndtr((center - cand + 0.5) / spread)
         t = candidates
         idx = np.clip(t - g.code_min - 1, 0, g.adc_levels - 2)
-        edge = dev(np.take_along_axis(inst.edges[rows], idx, axis=1))  # (m, n_cand)
+        edge = dev(np.take_along_axis(pick(inst.edges), idx, axis=1).astype(np_dtype))  # (m, n_cand)
         p = torch.special.ndtr((center - edge[:, None, :]) / spread)
         p = torch.where(dev(t <= g.code_min)[:, None, :], 1.0, p)
         p = torch.where(dev(t > g.code_max)[:, None, :], 0.0, p)
-        dead = inst.dead[rows]
+        dead = pick(inst.dead)
         if np.any(dead):
-            dead_p = dev((inst.dead_code[rows][:, None] >= t).astype(np.float64))
+            dead_code = inst.dead_code if rows is None else inst.dead_code[rows]
+            dead_p = dev((dead_code[:, None] >= t).astype(np_dtype))
             p = torch.where(dev(dead)[:, None, None], dead_p[:, None, :], p)
         return p
+
+    def _as(self, a: NDArray[np.float64], dtype: type, rows: NDArray[np.intp] | None) -> NDArray[np.generic]:
+        """``a`` (or its ``rows``) in ``dtype``; the float32 copy of the whole array is made once."""
+        if dtype is np.float64:
+            return a if rows is None else a[rows]
+        key = id(a)
+        if self._f32.get(key) is None:
+            self._f32[key] = a.astype(np.float32)
+        full = self._f32[key]
+        return full if rows is None else full[rows]
 
 
 def sample_model(

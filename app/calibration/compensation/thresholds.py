@@ -11,17 +11,24 @@ from numpy.typing import NDArray
 
 from app.calibration.activations import LayerStats
 from app.calibration.compensation.config import CompensationConfig
+from app.calibration.compensation.precompute import boundary_sums
 from app.calibration.compensation.prediction import Instance, sample_model
 from hardware.chip import ChipGeometry
 
+SCREEN_KEEP = 2
+"""Candidates per channel re-scored in float64 after the float32 screen of every candidate."""
 
-def _first_guess(stats: LayerStats, c0: int, nc: int, instances: Sequence[Instance]) -> NDArray[np.int64]:
+
+def _first_guess(
+    stats: LayerStats,
+    c0: int,
+    nc: int,
+    instances: Sequence[Instance],
+    at_boundary: NDArray[np.float64] | None = None,
+) -> NDArray[np.int64]:
     """Threshold (nc,): the predicted mean code sum of the samples closest to the ideal boundary."""
-    t_ideal = stats.threshold[c0 : c0 + nc].astype(np.float64)
-    s_sum = stats.tile_sum[c0 : c0 + nc].astype(np.float64)  # (nc, n, n_rt)
-    near = np.abs(s_sum.sum(axis=2) - t_ideal[:, None] + 0.5) <= 2.0
-    w = np.where(near, 1.0, 1e-6)
-    at_boundary = (s_sum * w[:, :, None]).sum(axis=1) / w.sum(axis=1)[:, None]  # (nc, n_rt)
+    if at_boundary is None:
+        at_boundary = boundary_sums(stats, c0, nc)  # (nc, n_rt)
     guess = np.zeros(nc)
     for inst in instances:
         part = inst.gain * at_boundary[:, inst.row_tile] + inst.offset
@@ -37,33 +44,59 @@ def optimise_thresholds(
     geometry: ChipGeometry,
     config: CompensationConfig,
     *,
-    die_channels: int | None = None,
     device: torch.device | None = None,
+    at_boundary: NDArray[np.float64] | None = None,
 ) -> tuple[NDArray[np.int32], NDArray[np.float64]]:
     """Best integer thresholds (nc,) and their predicted agreement (nc,) for one column tile.
 
-    ``die_channels``: the channels are several dies' (stacked instances, ``stats`` repeated), this
-    many per die; each die's search is the one it would get alone. ``device``: where torch scores
+    Every channel's search depends on its own data only, so several dies' channels (stacked
+    instances, ``stats`` repeated) are searched as one, each die getting the search it would alone. ``device``: where torch scores
     the candidates (default CPU).
     """
-    guess = _first_guess(stats, c0, nc, instances)
+    guess = _first_guess(stats, c0, nc, instances, at_boundary)
     model = sample_model(stats, c0, nc, instances, geometry)
     w = stats.weight[c0 : c0 + nc].astype(np.float64)
     y = stats.ideal[c0 : c0 + nc]
     rate_ideal = np.einsum("cn,cn->c", w, y.astype(np.float64))
     # agreement = sum w y p + sum w (1 - y) (1 - p); firing rate = sum w p: two weighted sums of p.
-    w_split = torch.from_numpy(np.stack([w * y, w * ~y], axis=1)).to(device)  # (nc, 2, n)
+    w_split = np.stack([w * y, w * ~y], axis=1)  # (nc, 2, n)
+    weights = {
+        torch.float64: torch.from_numpy(w_split).to(device),
+        torch.float32: torch.from_numpy(w_split.astype(np.float32)).to(device),
+    }
     w_off = (w * ~y).sum(axis=1)
+
+    def score(
+        cand: NDArray[np.int64], rows: NDArray[np.intp], dtype: torch.dtype
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Predicted agreement and objective (m, n_cand) of thresholds ``cand`` of channels ``rows``."""
+        every = rows.size == nc
+        sums = torch.bmm(
+            weights[dtype] if every else weights[dtype][rows],
+            model.prob(cand, None if every else rows, device, dtype),
+        )
+        s64 = sums.cpu().numpy().astype(np.float64, copy=False)  # (m, 2, n_cand)
+        agree = s64[:, 0] + w_off[rows, None] - s64[:, 1]
+        bias = s64[:, 0] + s64[:, 1] - rate_ideal[rows, None]
+        return agree, agree - config.bias_weight * bias**2
 
     def best_of(
         cand: NDArray[np.int64], rows: NDArray[np.intp]
     ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.intp]]:
-        sums = torch.bmm(w_split[rows], model.prob(cand, rows, device)).cpu().numpy()  # (m, 2, n_cand)
-        agree = sums[:, 0] + w_off[rows, None] - sums[:, 1]
-        bias = sums[:, 0] + sums[:, 1] - rate_ideal[rows, None]
-        best = np.argmax(agree - config.bias_weight * bias**2, axis=1)
+        # Every candidate scored in float32 (a third of the cost), then the float32 front runners
+        # re-scored in float64, which decides: the float64 argmax over every candidate, unless the
+        # float32 error (about 1e-6 of the objective) put the float64 best outside the front runners.
         m = np.arange(rows.size)
-        return cand[m, best], agree[m, best], best
+        k = min(SCREEN_KEEP, cand.shape[1])
+        if k < cand.shape[1]:
+            _, objective32 = score(cand, rows, torch.float32)
+            front = np.sort(np.argsort(-objective32, axis=1, kind="stable")[:, :k], axis=1)
+        else:
+            front = np.broadcast_to(np.arange(k), (rows.size, k))
+        agree, objective = score(np.take_along_axis(cand, front, axis=1), rows, torch.float64)
+        j = np.argmax(objective, axis=1)
+        best = front[m, j]
+        return cand[m, best], agree[m, j], best
 
     offsets = np.arange(-config.window, config.window + 1)
     center = guess.copy()
@@ -78,21 +111,16 @@ def optimise_thresholds(
             return chosen.astype(np.int32), agreement
         center[active] = np.where(edge, chosen[active], center[active])
         active = active[edge]
-    at_edge = np.zeros(nc, bool)
-    at_edge[active] = True
     # Still on the edge of the window (a guess far off, e.g. next to a dead bit line): scan the whole
-    # range the predicted sums span, coarsely, then refine around the best coarse candidate.
-    every = np.arange(nc)
-    lo = np.floor((model.center - 4.0 * model.spread).min(axis=1)).astype(np.int64)
-    hi = np.ceil((model.center + 4.0 * model.spread).max(axis=1)).astype(np.int64) + 1
+    # range the channel's predicted sums span, coarsely, then refine around the best coarse candidate.
+    # Per channel: a channel with a shorter span than the widest repeats its last point (a tie the
+    # argmax resolves to the first), so no channel's result depends on the others searched with it.
+    lo = np.floor((model.center[active] - 4.0 * model.spread[active]).min(axis=1)).astype(np.int64)
+    hi = np.ceil((model.center[active] + 4.0 * model.spread[active]).max(axis=1)).astype(np.int64) + 1
     step = max(1, config.window)
-    # The grid spans the widest channel of each die; a die with a shorter span repeats its last
-    # point (a tie the argmax resolves to the first), so stacking dies changes no die's result.
-    per_die = die_channels or nc
-    span = np.ceil((hi - lo).reshape(-1, per_die).max(axis=1) / step).astype(np.int64)  # (n_dies,)
-    k = np.minimum(np.arange(int(span.max()) + 1)[None, :], np.repeat(span, per_die)[:, None])
+    span = np.ceil((hi - lo) / step).astype(np.int64)  # (m,)
+    k = np.minimum(np.arange(int(span.max()) + 1)[None, :], span[:, None])
     grid = lo[:, None] + step * k
-    coarse, _, _ = best_of(np.concatenate([grid, chosen[:, None]], axis=1), every)
-    center = np.where(at_edge, coarse, chosen)
-    chosen, agreement, _ = best_of(center[:, None] + offsets[None, :], every)
+    coarse, _, _ = best_of(np.concatenate([grid, chosen[active, None]], axis=1), active)
+    chosen[active], agreement[active], _ = best_of(coarse[:, None] + offsets[None, :], active)
     return chosen.astype(np.int32), agreement

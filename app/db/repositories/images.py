@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from app.db.tables import Die, Image, Model, Signature, Wafer
@@ -41,9 +42,10 @@ def current_for(session: Session, ecid: str, model_name: str, model_version: str
     )
 
 
-def add_many(session: Session, rows: Sequence[Image]) -> None:
-    session.add_all(rows)
-    session.flush()
+def add_many(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Image rows (column -> value; the defaults fill the rest) in one executemany INSERT."""
+    if rows:
+        session.execute(insert(Image), list(rows))
 
 
 def lot_pending(session: Session, lot_id: str, model_id: int) -> tuple[list[LotDie], int]:
