@@ -562,6 +562,10 @@ def image_sha256(data: bytes) -> str:
 Readout = Callable[[int, NDArray[np.uint8]], NDArray[np.int16]]
 """``readout(macro, inputs (n, rows) uint8 {0,1}) -> codes (n, phys_cols) int16``."""
 
+ColumnReadout = Callable[[int, NDArray[np.uint8], NDArray[np.int16]], NDArray[np.int16]]
+"""``readout(macro, inputs (n, rows), cols) -> codes (n, len(cols)) int16`` of the physical columns
+``cols`` only: what a readout that can skip the bit lines an image does not use offers."""
+
 
 def ideal_readout(macros: NDArray[np.int8], geometry: ChipGeometry) -> Readout:
     """A variation-free readout of the given macro contents: the ideal ADC of the exact sums."""
@@ -581,20 +585,31 @@ def _pair(v: Any) -> tuple[int, int]:
 
 
 def binary_layer_sums(
-    image: WeightImage, layer: LayerSpec, patches: NDArray[np.uint8], readout: Readout
+    image: WeightImage,
+    layer: LayerSpec,
+    patches: NDArray[np.uint8],
+    readout: Readout,
+    read_cols: ColumnReadout | None = None,
 ) -> NDArray[np.int32]:
-    """Digitally summed codes (n, Cout) of one binary layer for ``patches`` (n, K) in {0,1}."""
+    """Digitally summed codes (n, Cout) of one binary layer for ``patches`` (n, K) in {0,1}.
+
+    ``read_cols``, when given, reads each tile's mapped columns only (instead of ``readout``)."""
     g = image.geometry
     n = patches.shape[0]
     acc = np.zeros((n, layer.n_out), dtype=np.int32)
-    buf = np.zeros((n, g.rows), dtype=np.uint8)
+    # One word-line buffer per row range, filled once: a calibrated image repeats each row range
+    # on several macros (copies), and the reads stay in tile order (the readout's noise order).
+    bufs: dict[tuple[int, int], NDArray[np.uint8]] = {}
     for t in image.tiles:
         if t.layer != layer.name:
             continue
-        buf[:, : t.n_rows] = patches[:, t.row_start : t.row_start + t.n_rows]
-        buf[:, t.n_rows :] = 0
-        codes = readout(t.macro, buf)
-        logical = codes[:, image.col_map[t.macro, : t.n_cols]]
+        buf = bufs.get((t.row_start, t.n_rows))
+        if buf is None:
+            buf = np.zeros((n, g.rows), dtype=np.uint8)
+            buf[:, : t.n_rows] = patches[:, t.row_start : t.row_start + t.n_rows]
+            bufs[(t.row_start, t.n_rows)] = buf
+        cols = image.col_map[t.macro, : t.n_cols]
+        logical = read_cols(t.macro, buf, cols) if read_cols is not None else readout(t.macro, buf)[:, cols]
         acc[:, t.col_start : t.col_start + t.n_cols] += logical
     return acc
 
@@ -634,12 +649,14 @@ def execute_network(
     readout: Readout,
     *,
     tap: Callable[[str, NDArray[np.uint8]], None] | None = None,
+    read_cols: ColumnReadout | None = None,
 ) -> NDArray[np.float32]:
     """Run the image's network on ``features`` float32 (N, C, H, W); returns logits (N, n_classes).
 
-    Binary layers go through ``readout`` (physical, ideal or predicted); digital layers run in
-    float32. ``tap(layer_name, inputs)`` sees the {0,1} input of every binary layer (patches
-    (N*L, K) for convolutions), which calibration uses for activation statistics.
+    Binary layers go through ``readout`` (physical, ideal or predicted), or ``read_cols`` when given
+    (the mapped columns only); digital layers run in float32. ``tap(layer_name, inputs)`` sees the
+    {0,1} input of every binary layer (patches (N*L, K) for convolutions), which calibration uses
+    for activation statistics.
     """
     x: NDArray[Any] = np.asarray(features, dtype=np.float32)
     if tuple(x.shape[1:]) != tuple(image.program.input_shape):
@@ -661,7 +678,7 @@ def execute_network(
             patches, (ho, wo) = im2col(x, (kh, kw), _pair(a.get("stride", 1)), _pair(a.get("padding", 0)))
             if tap is not None:
                 tap(layer.name, patches)
-            sums = binary_layer_sums(image, layer, patches, readout)
+            sums = binary_layer_sums(image, layer, patches, readout, read_cols)
             y = (sums >= image.thresholds[layer.name][None, :]).astype(np.uint8)
             y = y.reshape(n, ho, wo, layer.n_out).transpose(0, 3, 1, 2)
             x = _maxpool(y, _pair(a.get("pool", 1)))
@@ -669,7 +686,7 @@ def execute_network(
             flat = np.ascontiguousarray(x.reshape(n, -1), dtype=np.uint8)
             if tap is not None:
                 tap(layer.name, flat)
-            sums = binary_layer_sums(image, layer, flat, readout)
+            sums = binary_layer_sums(image, layer, flat, readout, read_cols)
             x = (sums >= image.thresholds[layer.name][None, :]).astype(np.uint8)
         elif layer.kind == "maxpool":
             x = _maxpool(x, _pair(a.get("kernel", 2)))

@@ -256,4 +256,8 @@ class SimulatedDriver(Driver):
         def readout(macro: int, inputs: NDArray[np.uint8]) -> NDArray[np.int16]:
             return self._array(macro).read(inputs, sigma, self.__rng)
 
-        return execute_network(self._image, features, readout)
+        def read_cols(macro: int, inputs: NDArray[np.uint8], cols: NDArray[np.int16]) -> NDArray[np.int16]:
+            # The network reads only the bit lines the image maps: no product, noise or ADC for the rest.
+            return self._array(macro).columns(cols).read(inputs, sigma, self.__rng)
+
+        return execute_network(self._image, features, readout, read_cols=read_cols)
