@@ -314,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
 
     local_rate = results[0].dies_per_s
     print()
-    print(f"{'mode':>9} {'dies':>6} {'wall s':>8} {'dies/s':>8} {'x local':>8} {'CPU s/die':>9}  per step dies/s")
+    print(
+        f"{'mode':>9} {'dies':>6} {'wall s':>8} {'dies/s':>8} {'x local':>8} {'CPU s/die':>9}  per step dies/s"
+    )
     for r in results:
         steps = ", ".join(f"{k} {v:.2f}" if v else f"{k} -" for k, v in r.step_dies_per_s.items())
         print(

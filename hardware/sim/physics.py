@@ -126,7 +126,9 @@ def code_bounds(edges: NDArray[np.float32], stride: int) -> NDArray[np.float32]:
     return np.ascontiguousarray(np.concatenate([-inf, per_col, inf], axis=1).reshape(-1))
 
 
-def quantize_bounded(v: NDArray[np.float32], bounds: NDArray[np.float32], g: ChipGeometry) -> NDArray[np.int16]:
+def quantize_bounded(
+    v: NDArray[np.float32], bounds: NDArray[np.float32], g: ChipGeometry
+) -> NDArray[np.int16]:
     """:func:`quantize` with the rails folded into per-column bounds (:func:`code_bounds`): the same
     codes bit for bit, in fewer passes over ``v`` (the simulator's hot path)."""
     width = bounds.size // v.shape[1]

@@ -88,7 +88,9 @@ def _die_arrays(corner: str, macros: NDArray[np.int8], g: ChipGeometry) -> list[
 def test_a_column_subset_reads_what_the_full_read_gives_on_those_columns() -> None:
     g = ChipGeometry()
     gen = np.random.default_rng(8)
-    truth = die_variation(13, DieAddress("PHYS", 2, 1, 1), g, corner_variation("aggressive", 1.0), FaultConfig())
+    truth = die_variation(
+        13, DieAddress("PHYS", 2, 1, 1), g, corner_variation("aggressive", 1.0), FaultConfig()
+    )
     weights = np.where(gen.random((g.rows, g.phys_cols)) < 0.5, 1, -1).astype(np.int8)
     # A macro with a dead bit line, so that the subset keeps its dead code.
     macro = int(np.flatnonzero(truth.dead_cols.any(axis=1))[0]) if truth.dead_cols.any() else 0
@@ -98,7 +100,9 @@ def test_a_column_subset_reads_what_the_full_read_gives_on_those_columns() -> No
     inputs = (gen.random((400, g.rows)) < 0.4).astype(np.uint8)
     # Without noise the subset is the full read's columns, bit for bit.
     full = arr.read(inputs, 0.0, np.random.default_rng(0))
-    np.testing.assert_array_equal(arr.columns(cols).read(inputs, 0.0, np.random.default_rng(0)), full[:, cols])
+    np.testing.assert_array_equal(
+        arr.columns(cols).read(inputs, 0.0, np.random.default_rng(0)), full[:, cols]
+    )
     assert arr.columns(cols) is arr.columns(cols.copy())  # cached per column list
     # With noise, each column's codes have the full read's distribution (one input, read many times).
     one = np.repeat(inputs[:1], 40_000, axis=0)
