@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from hardware.chip import ChipGeometry
@@ -71,38 +72,63 @@ class MacroArray:
         return sub
 
     def read(
-        self, inputs: NDArray[np.uint8], noise_sigma_mac: float, rng: np.random.Generator
+        self,
+        inputs: NDArray[np.uint8],
+        noise_sigma_mac: float,
+        rng: np.random.Generator,
+        *,
+        noise: torch.Generator | None = None,
     ) -> NDArray[np.int16]:
-        """ADC codes int16 (N, phys_cols) for word-line inputs (N, rows) in {0,1}."""
+        """ADC codes int16 (N, phys_cols) for word-line inputs (N, rows) in {0,1}.
+
+        The read noise comes from ``rng``, or from ``noise`` when given (torch's normal sampler, about
+        3x faster than numpy's on this path: the same distribution from another stream).
+        """
         g = self.geometry
         v = inputs.astype(np.float32) @ self.effective
         if self._ir_per_row:
             # IR drop: every active word line draws current through the shared supply.
-            active = inputs.sum(axis=1, dtype=np.float32, keepdims=True)
-            v *= 1.0 - self._ir_per_row * active
+            v *= 1.0 - self._ir_per_row * active_lines(inputs)
         if self._sat is not None:
             np.divide(v, self._sat, out=v)
             np.tanh(v, out=v)
             v *= self._sat
         v += self.offset_mac
         if noise_sigma_mac > 0:
-            noise = rng.standard_normal(v.shape, dtype=np.float32)
-            noise *= np.float32(noise_sigma_mac)
-            v += noise
+            if noise is None:
+                draw = rng.standard_normal(v.shape, dtype=np.float32)
+            else:
+                draw = torch.randn(v.shape, generator=noise, dtype=torch.float32).numpy()
+            draw *= np.float32(noise_sigma_mac)
+            v += draw
         if self._bow_mac is not None:
-            v += self._bow_mac * inl_shape(v, g)
+            bow = inl_shape(v, g)
+            bow *= self._bow_mac
+            v += bow
         codes = quantize_bounded(v, self._bounds, g)
         if self._dead.size:
             codes[:, self._dead] = self._dead_code
         return codes
 
 
+def active_lines(inputs: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """Driven word lines per input vector (N, 1) float32 for {0,1} inputs (N, rows): exact integers."""
+    if inputs.flags.c_contiguous and inputs.dtype == np.uint8 and inputs.shape[1] % 8 == 0:
+        # Eight {0,1} bytes per 64-bit word: its set bits count them.
+        words = inputs.view(np.uint64)
+        return np.bitwise_count(words).sum(axis=1, dtype=np.int32, keepdims=True).astype(np.float32)
+    return inputs.sum(axis=1, dtype=np.float32, keepdims=True)
+
+
 def inl_shape(v: NDArray[np.float32], g: ChipGeometry) -> NDArray[np.float32]:
     """The ADC's integral non-linearity per unit bow: ``sin(pi t)``, ``t`` from 0 at the lower rail to 1
     at the upper one (zero at both rails, largest mid-range), for analog values ``v`` (N, C)."""
     lo = (g.code_min - 0.5) * g.adc_lsb_mac
-    t = np.clip((v - np.float32(lo)) / np.float32(g.adc_levels * g.adc_lsb_mac), 0.0, 1.0)
-    return np.sin(np.float32(np.pi) * t).astype(np.float32)
+    t = v - np.float32(lo)
+    t /= np.float32(g.adc_levels * g.adc_lsb_mac)
+    np.clip(t, 0.0, 1.0, out=t)
+    t *= np.float32(np.pi)
+    return np.sin(t, out=t)
 
 
 def quantize(
@@ -132,7 +158,7 @@ def quantize_bounded(
     """:func:`quantize` with the rails folded into per-column bounds (:func:`code_bounds`): the same
     codes bit for bit, in fewer passes over ``v`` (the simulator's hot path)."""
     width = bounds.size // v.shape[1]
-    c0 = np.rint(v / np.float32(g.adc_lsb_mac))
+    c0 = np.rint(v) if g.adc_lsb_mac == 1.0 else np.rint(v / np.float32(g.adc_lsb_mac))
     np.clip(c0, g.code_min, g.code_max, out=c0)
     j = c0.astype(np.int32)
     j += (np.arange(v.shape[1], dtype=np.int32) * width - g.code_min)[None, :]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from numpy.typing import NDArray
 
 from hardware.chip import ChipGeometry, NetworkProgram
 from hardware.driver import DieAddress
 from hardware.sim.corners import CORNERS, corner_variation
-from hardware.sim.physics import MacroArray, code_bounds, inl_shape, quantize, quantize_bounded
+from hardware.sim.physics import MacroArray, code_bounds, quantize, quantize_bounded
 from hardware.sim.variation import FaultConfig, die_variation
 
 
@@ -28,7 +29,9 @@ def reference_read(
     if sigma > 0:
         v += rng.standard_normal(v.shape, dtype=np.float32) * np.float32(sigma)
     if arr._bow_mac is not None:
-        v += arr._bow_mac * inl_shape(v, g)
+        lo = (g.code_min - 0.5) * g.adc_lsb_mac
+        t = np.clip((v - np.float32(lo)) / np.float32(g.adc_levels * g.adc_lsb_mac), 0.0, 1.0)
+        v += arr._bow_mac * np.sin(np.float32(np.pi) * t).astype(np.float32)
     codes = quantize(v, arr._edges, arr._stride, g)
     if arr._dead.size:
         codes[:, arr._dead] = arr._dead_code
@@ -111,6 +114,13 @@ def test_a_column_subset_reads_what_the_full_read_gives_on_those_columns() -> No
     np.testing.assert_allclose(a.mean(axis=0), b.mean(axis=0), atol=0.03)
     np.testing.assert_allclose(a.std(axis=0), b.std(axis=0), atol=0.03)
     assert (b.std(axis=0)[len(dead) :] > 0.5).all()  # the live columns do see the read noise
+    # torch's sampler (the network path's) gives the same distribution, and is a function of its seed.
+    t1 = arr.columns(cols).read(one, 1.0, np.random.default_rng(3), noise=torch.Generator().manual_seed(5))
+    t2 = arr.columns(cols).read(one, 1.0, np.random.default_rng(4), noise=torch.Generator().manual_seed(5))
+    np.testing.assert_array_equal(t1, t2)
+    c = t1.astype(np.float64)
+    np.testing.assert_allclose(a.mean(axis=0), c.mean(axis=0), atol=0.03)
+    np.testing.assert_allclose(a.std(axis=0), c.std(axis=0), atol=0.03)
 
 
 def test_network_through_mapped_columns_equals_the_full_readout(toy_program: NetworkProgram) -> None:
