@@ -265,4 +265,4 @@ class SimulatedDriver(Driver):
             # The network reads only the bit lines the image maps: no product, noise or ADC for the rest.
             return self._array(macro).columns(cols).read(inputs, sigma, self.__rng, noise=noise)
 
-        return execute_network(self._image, features, readout, read_cols=read_cols)
+        return execute_network(self._image, features, readout, read_cols=read_cols, cache_first_patches=True)

@@ -4,6 +4,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from hardware.chip import (
     ChipError,
@@ -137,3 +138,35 @@ def test_two_tiles_on_one_macro_are_rejected(toy_program: NetworkProgram, geomet
     clash = replace(image, tiles=(*image.tiles, replace(image.tiles[0], row_tile=99)))
     with pytest.raises(ChipError, match="share a macro"):
         clash.validate()
+
+
+def test_cached_first_patches_give_the_same_logits(
+    toy_program: NetworkProgram, geometry: ChipGeometry
+) -> None:
+
+    image = build_image(toy_program, geometry, ImageHeader("", "toy", "1", "", "t"))
+    read = ideal_readout(image.macros, geometry)
+    x = np.random.default_rng(9).normal(size=(6, 1, 12, 12)).astype(np.float32)
+    seen: list[NDArray[np.uint8]] = []
+    ref = execute_network(image, x, read)
+    first = execute_network(image, x, read, cache_first_patches=True, tap=lambda n, p: seen.append(p))
+    again = execute_network(image, x, read, cache_first_patches=True, tap=lambda n, p: seen.append(p))
+    np.testing.assert_array_equal(first, ref)
+    np.testing.assert_array_equal(again, ref)
+    assert seen[0] is seen[2] and not seen[0].flags.writeable  # the second run reused the patches
+    other = x + 1.0  # other features: other patches
+    np.testing.assert_array_equal(
+        execute_network(image, other, read, cache_first_patches=True), execute_network(image, other, read)
+    )
+
+
+def test_maxpool_equals_a_max_over_each_window() -> None:
+    from hardware.chip import _maxpool
+
+    x = np.random.default_rng(1).integers(0, 2, size=(3, 4, 9, 7)).astype(np.uint8)
+    for kh, kw in ((2, 2), (3, 2), (1, 3)):
+        ho, wo = 9 // kh, 7 // kw
+        ref = x[:, :, : ho * kh, : wo * kw].reshape(3, 4, ho, kh, wo, kw).max(axis=(3, 5))
+        np.testing.assert_array_equal(_maxpool(x, (kh, kw)), ref)
+    f = np.random.default_rng(2).normal(size=(2, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(_maxpool(f, (2, 2)), f.reshape(2, 3, 3, 2, 3, 2).max(axis=(3, 5)))
