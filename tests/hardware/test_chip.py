@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -75,8 +76,8 @@ def test_image_bytes_are_deterministic(toy_program: NetworkProgram, geometry: Ch
     ],
 )
 def test_corrupted_images_are_rejected(
-    toy_program: NetworkProgram, geometry: ChipGeometry, mutate, message
-) -> None:  # type: ignore[no-untyped-def]
+    toy_program: NetworkProgram, geometry: ChipGeometry, mutate: Callable[[bytes], bytes], message: str
+) -> None:
     data = encode_image(build_image(toy_program, geometry, HEADER))
     with pytest.raises(ImageFormatError, match=message):
         decode_image(mutate(data))
