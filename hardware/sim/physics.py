@@ -11,6 +11,9 @@ from numpy.typing import NDArray
 from hardware.chip import ChipGeometry
 from hardware.sim.variation import DieVariation
 
+READ_BLOCK_ROWS = 2048
+"""Input vectors per block of a read (see :meth:`MacroArray.read`)."""
+
 
 class MacroArray:
     """The analog state of one written macro of one die.
@@ -84,11 +87,35 @@ class MacroArray:
         The read noise comes from ``rng``, or from ``noise`` when given (torch's normal sampler, about
         3x faster than numpy's on this path: the same distribution from another stream).
         """
-        g = self.geometry
         v = inputs.astype(np.float32) @ self.effective
-        if self._ir_per_row:
-            # IR drop: every active word line draws current through the shared supply.
-            v *= 1.0 - self._ir_per_row * active_lines(inputs)
+        # IR drop: every active word line draws current through the shared supply.
+        active = active_lines(inputs) if self._ir_per_row else None
+        n = v.shape[0]
+        if n <= READ_BLOCK_ROWS:
+            return self._codes(v, active, noise_sigma_mac, rng, noise)
+        # The analog chain in row blocks that stay in the cache (on whole reads it is memory-bound);
+        # one product for the whole read (its rounding does not depend on the blocks), the noise
+        # drawn block after block in row order (the same draws as one call).
+        codes = np.empty(v.shape, dtype=np.int16)
+        for start in range(0, n, READ_BLOCK_ROWS):
+            rows = slice(start, min(n, start + READ_BLOCK_ROWS))
+            codes[rows] = self._codes(
+                v[rows], None if active is None else active[rows], noise_sigma_mac, rng, noise
+            )
+        return codes
+
+    def _codes(
+        self,
+        v: NDArray[np.float32],
+        active: NDArray[np.float32] | None,
+        noise_sigma_mac: float,
+        rng: np.random.Generator,
+        noise: torch.Generator | None,
+    ) -> NDArray[np.int16]:
+        """The readout after the product, in place on ``v``: IR drop, saturation, offset, noise, ADC."""
+        g = self.geometry
+        if active is not None:
+            v *= 1.0 - self._ir_per_row * active
         if self._sat is not None:
             np.divide(v, self._sat, out=v)
             np.tanh(v, out=v)

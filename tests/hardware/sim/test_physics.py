@@ -9,6 +9,7 @@ from numpy.typing import NDArray
 
 from hardware.chip import ChipGeometry, NetworkProgram
 from hardware.driver import DieAddress
+from hardware.sim import physics
 from hardware.sim.corners import CORNERS, corner_variation
 from hardware.sim.physics import MacroArray, code_bounds, quantize, quantize_bounded
 from hardware.sim.variation import FaultConfig, die_variation
@@ -38,8 +39,13 @@ def reference_read(
     return codes
 
 
+@pytest.mark.parametrize("block", [256, 4096])
 @pytest.mark.parametrize("corner", sorted(CORNERS))
-def test_read_equals_the_reference_bit_for_bit(corner: str) -> None:
+def test_read_equals_the_reference_bit_for_bit(
+    corner: str, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 900 vectors: one block, or four blocks of a read (the last one short).
+    monkeypatch.setattr(physics, "READ_BLOCK_ROWS", block)
     g = ChipGeometry()
     faults = FaultConfig(0.0, 0.0, 0.0)
     gen = np.random.default_rng(5)
