@@ -62,6 +62,20 @@ class ModeResult:
     dies_per_s: float
     step_dies_per_s: dict[str, float | None]
     failed_items: int
+    cpu_s_per_die: float | None = None  # CPU of the processes that ran the dies (bench process or workers)
+
+
+CpuProbe = Callable[[], float]
+
+
+def proc_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of processes ``pids`` so far (Linux ``/proc``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / tick
 
 
 def model_bytes() -> tuple[bytes, str]:
@@ -149,6 +163,7 @@ def measure(
     factory: sessionmaker[Session],
     args: argparse.Namespace,
     tag: str,
+    cpu: CpuProbe = time.process_time,
 ) -> ModeResult:
     warm = new_job(factory, f"BW{tag}{mode.upper().replace('-', '')}"[:32], 1, 1, args)
     runner.submit(warm)
@@ -156,10 +171,11 @@ def measure(
     job_id = new_job(
         factory, f"B{tag}{mode.upper().replace('-', '')}"[:32], args.wafers, args.dies_per_wafer, args
     )
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu()
     runner.submit(job_id)
     p = wait_done(factory, job_id, args.timeout)
     wall = time.perf_counter() - t0
+    cpu_s = cpu() - c0
     result = ModeResult(
         mode=mode,
         dies=p.total_dies,
@@ -167,15 +183,20 @@ def measure(
         dies_per_s=p.total_dies / wall,
         step_dies_per_s={s.step: s.dies_per_s for s in p.steps},
         failed_items=sum(s.failed for s in p.steps),
+        cpu_s_per_die=cpu_s / p.total_dies if p.total_dies else None,
     )
-    print(f"{mode:>9}: {result.dies} dies in {wall:.1f} s = {result.dies_per_s:.2f} dies/s", file=sys.stderr)
+    print(
+        f"{mode:>9}: {result.dies} dies in {wall:.1f} s = {result.dies_per_s:.2f} dies/s, "
+        f"{result.cpu_s_per_die or 0:.3f} CPU s per die",
+        file=sys.stderr,
+    )
     return result
 
 
 @contextmanager
 def celery_workers(
     n: int, database_url: str, queue: str, prefix: str, light: bool, log_dir: Path, settings: Settings
-) -> Iterator[None]:
+) -> Iterator[CpuProbe]:
     # The workers see the same plugins (PYTHONPATH kept) and measure on the same driver.
     env = {
         **os.environ,
@@ -199,7 +220,7 @@ def celery_workers(
             )
         )
     try:
-        yield
+        yield lambda: proc_cpu_s([p.pid for p in procs])
     finally:
         for p in procs:
             os.killpg(p.pid, signal.SIGTERM)
@@ -288,16 +309,19 @@ def main(argv: list[str] | None = None) -> int:
         app = make_celery(base.broker_url, queue=queue, key_prefix=prefix)
         runner = CeleryRunner(app, factory, chunk_dies=args.chunk_dies)
         for n in counts:
-            with celery_workers(n, database_url, queue, prefix, args.light, tmp, settings):
-                results.append(measure(f"celery-{n}", runner, factory, args, tag))
+            with celery_workers(n, database_url, queue, prefix, args.light, tmp, settings) as cpu:
+                results.append(measure(f"celery-{n}", runner, factory, args, tag, cpu))
 
     local_rate = results[0].dies_per_s
     print()
-    print(f"{'mode':>9} {'dies':>6} {'wall s':>8} {'dies/s':>8} {'x local':>8}  per step dies/s")
+    print(
+        f"{'mode':>9} {'dies':>6} {'wall s':>8} {'dies/s':>8} {'x local':>8} {'CPU s/die':>9}  per step dies/s"
+    )
     for r in results:
         steps = ", ".join(f"{k} {v:.2f}" if v else f"{k} -" for k, v in r.step_dies_per_s.items())
         print(
-            f"{r.mode:>9} {r.dies:>6} {r.wall_s:>8.1f} {r.dies_per_s:>8.2f} {r.dies_per_s / local_rate:>8.2f}  {steps}"
+            f"{r.mode:>9} {r.dies:>6} {r.wall_s:>8.1f} {r.dies_per_s:>8.2f} {r.dies_per_s / local_rate:>8.2f}"
+            f" {r.cpu_s_per_die or 0:>9.3f}  {steps}"
         )
     best = max(results, key=lambda r: r.dies_per_s)
     minutes = LOT_OF_25_WAFERS / best.dies_per_s / 60

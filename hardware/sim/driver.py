@@ -6,6 +6,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -263,4 +264,12 @@ class SimulatedDriver(Driver):
         def readout(macro: int, inputs: NDArray[np.uint8]) -> NDArray[np.int16]:
             return self._array(macro).read(inputs, sigma, self.__rng)
 
-        return execute_network(self._image, features, readout)
+        # The network's read noise comes from torch's sampler (3x numpy's on this path), seeded from
+        # this driver's generator: still a pure function of the noise seed.
+        noise = torch.Generator().manual_seed(int(self.__rng.integers(2**63)))
+
+        def read_cols(macro: int, inputs: NDArray[np.uint8], cols: NDArray[np.int16]) -> NDArray[np.int16]:
+            # The network reads only the bit lines the image maps: no product, noise or ADC for the rest.
+            return self._array(macro).columns(cols).read(inputs, sigma, self.__rng, noise=noise)
+
+        return execute_network(self._image, features, readout, read_cols=read_cols, cache_first_patches=True)

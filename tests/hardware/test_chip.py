@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from hardware.chip import (
     ChipError,
@@ -74,8 +76,8 @@ def test_image_bytes_are_deterministic(toy_program: NetworkProgram, geometry: Ch
     ],
 )
 def test_corrupted_images_are_rejected(
-    toy_program: NetworkProgram, geometry: ChipGeometry, mutate, message
-) -> None:  # type: ignore[no-untyped-def]
+    toy_program: NetworkProgram, geometry: ChipGeometry, mutate: Callable[[bytes], bytes], message: str
+) -> None:
     data = encode_image(build_image(toy_program, geometry, HEADER))
     with pytest.raises(ImageFormatError, match=message):
         decode_image(mutate(data))
@@ -137,3 +139,60 @@ def test_two_tiles_on_one_macro_are_rejected(toy_program: NetworkProgram, geomet
     clash = replace(image, tiles=(*image.tiles, replace(image.tiles[0], row_tile=99)))
     with pytest.raises(ChipError, match="share a macro"):
         clash.validate()
+
+
+def test_cached_first_patches_give_the_same_logits(
+    toy_program: NetworkProgram, geometry: ChipGeometry
+) -> None:
+
+    image = build_image(toy_program, geometry, ImageHeader("", "toy", "1", "", "t"))
+    read = ideal_readout(image.macros, geometry)
+    x = np.random.default_rng(9).normal(size=(6, 1, 12, 12)).astype(np.float32)
+    seen: list[NDArray[np.uint8]] = []
+    ref = execute_network(image, x, read)
+    first = execute_network(image, x, read, cache_first_patches=True, tap=lambda n, p: seen.append(p))
+    again = execute_network(image, x, read, cache_first_patches=True, tap=lambda n, p: seen.append(p))
+    np.testing.assert_array_equal(first, ref)
+    np.testing.assert_array_equal(again, ref)
+    assert seen[0] is seen[2] and not seen[0].flags.writeable  # the second run reused the patches
+    other = x + 1.0  # other features: other patches
+    np.testing.assert_array_equal(
+        execute_network(image, other, read, cache_first_patches=True), execute_network(image, other, read)
+    )
+
+
+def test_maxpool_equals_a_max_over_each_window() -> None:
+    from hardware.chip import _maxpool
+
+    x = np.random.default_rng(1).integers(0, 2, size=(3, 4, 9, 7)).astype(np.uint8)
+    for kh, kw in ((2, 2), (3, 2), (1, 3)):
+        ho, wo = 9 // kh, 7 // kw
+        ref = x[:, :, : ho * kh, : wo * kw].reshape(3, 4, ho, kh, wo, kw).max(axis=(3, 5))
+        np.testing.assert_array_equal(_maxpool(x, (kh, kw)), ref)
+    f = np.random.default_rng(2).normal(size=(2, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(_maxpool(f, (2, 2)), f.reshape(2, 3, 3, 2, 3, 2).max(axis=(3, 5)))
+
+
+def test_im2col_equals_the_strided_window_copy() -> None:
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from hardware.chip import im2col
+
+    gen = np.random.default_rng(4)
+    for shape, kernel, stride, padding in (
+        ((3, 5, 9, 7), (3, 3), (1, 1), (1, 1)),
+        ((2, 4, 10, 11), (3, 2), (2, 1), (0, 2)),
+        ((1, 2, 6, 6), (1, 1), (2, 3), (0, 0)),
+        ((2, 3, 8, 9), (2, 3), (3, 2), (1, 0)),
+    ):
+        x = gen.integers(0, 2, size=shape).astype(np.uint8)
+        xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+        win = sliding_window_view(xp, kernel, axis=(2, 3))[:, :, :: stride[0], :: stride[1]]
+        n, _, ho, wo = win.shape[:4]
+        ref = np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(n * ho * wo, -1)
+        patches, hw = im2col(x, kernel, stride, padding)
+        assert hw == (ho, wo)
+        np.testing.assert_array_equal(patches, ref)
+        # A non-contiguous map (a transposed view, as the layers hand it on) gives the same patches.
+        t = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        np.testing.assert_array_equal(im2col(t, kernel, stride, padding)[0], ref)
