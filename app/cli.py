@@ -228,6 +228,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             database_url=args.db,
             functional_test_sample=args.functional_test_sample,
             workers=args.workers,
+            corner=args.corner,
         )
     )
 
@@ -248,6 +249,12 @@ def _demo(commands: Subcommands) -> None:
     p.add_argument("--db", default=d.database_url, help="database URL (default: CIMCAL_DATABASE_URL)")
     p.add_argument("--functional-test-sample", type=float, default=d.functional_test_sample)
     p.add_argument("--workers", type=int, default=d.workers, help="dies at once (default: CIMCAL_TEST_SITES)")
+    p.add_argument(
+        "--corner",
+        default=d.corner,
+        help="process corner of the simulated fleet: typical, slow, skewed, aggressive (docs/corners.md; "
+        "default: CIMCAL_CORNER when set, else the demo's corner where calibration matters)",
+    )
     p.set_defaults(run=_run_demo)
 
 

@@ -48,8 +48,11 @@ class Settings(BaseSettings):
     # Options model when the test sites are built; SecretStr fields are masked wherever shown).
     driver: str = "simulated"
     driver_options: dict[str, Any] = Field(default_factory=dict, repr=False)
-    # The simulated fleet's knobs: the simulated driver's defaults, under driver_options.
+    # The simulated fleet's knobs: the simulated driver's defaults, under driver_options. corner is
+    # a named process corner (docs/corners.md; the simulated driver's options validate the name when
+    # the test sites are built); variation_scale multiplies its static sigmas.
     fleet_seed: int = 2022
+    corner: str = "typical"
     variation_scale: float = Field(1.0, ge=0.0)
     p_timeout: float = Field(0.0, ge=0.0, le=1.0)
     p_contact_loss: float = Field(0.0, ge=0.0, le=1.0)

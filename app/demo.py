@@ -3,7 +3,9 @@
 Everything goes through the same paths as production: the lot is registered by the lots service,
 the reference KWS model is uploaded by the models service, and one calibration job (characterize ->
 compensate -> functional test) runs on the in-process runner with one thread per test site
-(``CIMCAL_TEST_SITES``) on the simulated fleet. The summary reads the lot report the dashboard shows.
+(``CIMCAL_TEST_SITES``) on the simulated fleet, at the process corner ``--corner`` (default:
+``CIMCAL_CORNER`` when set, else :data:`DEMO_CORNER`, a corner where calibration matters; see
+docs/corners.md). The summary reads the lot report the dashboard shows.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from app.errors import NotFoundError
 from app.jobs.runner import LocalRunner
 from app.jobs.steps import calibration_steps
 from app.services import datasets, jobs, lots, models
+from app.services.hardware import station_sites
 from app.services.jobs import STEP_ORDER, ExecutionContext, JobProgress, StepFunctions
 from app.services.lots import Site, WaferSpec, circular_sites
 from app.services.reporting.lots import LotReport, lot_report
@@ -34,12 +37,15 @@ from app.services.reporting.rows import die_rows
 from app.services.reporting.scope import find_model
 
 DEMO_PRODUCT = "KWS-BCIM-1"
+DEMO_CORNER = "slow"
+"""The demo's default process corner: uncalibrated dies lose accuracy there (docs/corners.md)."""
 
 
 @dataclass(frozen=True)
 class DemoOptions:
     """``lot_id`` None: ``DEMO<timestamp>``; ``model`` None: the reference model's own name@version;
-    ``database_url`` None: ``CIMCAL_DATABASE_URL``; ``workers`` None: ``CIMCAL_TEST_SITES``."""
+    ``database_url`` None: ``CIMCAL_DATABASE_URL``; ``workers`` None: ``CIMCAL_TEST_SITES``; ``corner``
+    None: ``CIMCAL_CORNER`` when set, else :data:`DEMO_CORNER`."""
 
     lot_id: str | None = None
     wafers: int = 3
@@ -48,6 +54,7 @@ class DemoOptions:
     database_url: str | None = None
     functional_test_sample: float = 1.0
     workers: int | None = None
+    corner: str | None = None
     progress: bool = True
     out: TextIO = field(default=sys.stdout, compare=False)
 
@@ -58,6 +65,7 @@ class DemoResult:
     job_id: int
     model: str
     database_url: str
+    corner: str
     wall_s: float
     job_s: float
     report: LotReport
@@ -115,7 +123,11 @@ def run(options: DemoOptions, steps: StepsFactory = calibration_steps) -> DemoRe
     functions (tests pass light ones)."""
     t_start = time.perf_counter()
     base = get_settings()
-    settings = base.model_copy(update={"database_url": options.database_url or base.database_url})
+    corner = options.corner or (base.corner if "corner" in base.model_fields_set else DEMO_CORNER)
+    settings = base.model_copy(
+        update={"database_url": options.database_url or base.database_url, "corner": corner}
+    )
+    station_sites(settings)  # refuses an unknown corner (or other bad option) before anything is written
     lot_id = options.lot_id or f"DEMO{datetime.now(UTC):%y%m%d%H%M%S}"
     engine = make_engine(settings.database_url)
     try:
@@ -178,6 +190,7 @@ def run(options: DemoOptions, steps: StepsFactory = calibration_steps) -> DemoRe
             job_id=job_id,
             model=model,
             database_url=settings.database_url,
+            corner=corner,
             wall_s=time.perf_counter() - t_start,
             job_s=job_s,
             report=report,
@@ -203,6 +216,7 @@ def summary(r: DemoResult) -> str:
         "",
         f"Lot {r.lot_id}: {rep.n_dies} dies on {len(rep.wafers)} wafers, model {r.model}, job {r.job_id} "
         f"{p.job.state}",
+        f"  simulated fleet at process corner {r.corner!r} (docs/corners.md)",
         f"  characterized {rep.n_characterized}, functionally tested {rep.n_tested}, passed {rep.n_passed}"
         f"  -> yield {_pct(rep.yield_pct)}",
         "",

@@ -6,7 +6,7 @@ whole sequence probe -> operations, so two requests never interleave on one test
 ``CIMCAL_TEST_SITES=N`` (or N sites in ``CIMCAL_SITES``) the station runs N dies at once.
 
 A site's driver options are merged, later over earlier: the simulated fleet's settings
-(``CIMCAL_FLEET_SEED``, ``CIMCAL_P_TIMEOUT``, ... ; the simulated driver only), ``CIMCAL_DRIVER_OPTIONS``,
+(``CIMCAL_FLEET_SEED``, ``CIMCAL_CORNER``, ``CIMCAL_P_TIMEOUT``, ... ; the simulated driver only), ``CIMCAL_DRIVER_OPTIONS``,
 then the site's own ``options``; the result is validated by the driver's ``Options`` model.
 """
 
@@ -67,6 +67,7 @@ class SiteSpec:
 def _simulated_defaults(settings: Settings) -> dict[str, Any]:
     return {
         "fleet_seed": settings.fleet_seed,
+        "corner": settings.corner,
         "variation_scale": settings.variation_scale,
         "p_timeout": settings.p_timeout,
         "p_contact_loss": settings.p_contact_loss,

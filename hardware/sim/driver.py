@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hardware.chip import ChipGeometry, WeightImage, decode_image, execute_network
 from hardware.driver import (
@@ -21,6 +21,7 @@ from hardware.driver import (
     ProtocolError,
     TimingModel,
 )
+from hardware.sim.corners import CORNERS, DEFAULT_CORNER, UnknownCornerError, corner_of, corner_variation
 from hardware.sim.physics import MacroArray
 from hardware.sim.variation import DieVariation, FaultConfig, VariationConfig, die_variation
 
@@ -62,12 +63,14 @@ class SimulatedOptions(BaseModel):
 
     ``p_timeout`` / ``p_contact_loss`` are per driver call, ``p_gross_defect`` per die; ``noise_seed``
     seeds the read-noise and fault draws (``None``: derived from the fleet seed and the site, so every
-    site draws its own noise on the same fleet of dies).
+    site draws its own noise on the same fleet of dies). ``corner`` names the process corner
+    (:data:`hardware.sim.corners.CORNERS`); ``variation_scale`` multiplies its static sigmas.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     fleet_seed: int = 2022
+    corner: str = DEFAULT_CORNER
     variation_scale: float = Field(1.0, ge=0.0)
     p_timeout: float = Field(0.0, ge=0.0, le=1.0)
     p_contact_loss: float = Field(0.0, ge=0.0, le=1.0)
@@ -75,11 +78,18 @@ class SimulatedOptions(BaseModel):
     noise_seed: int | None = None
     default_timeout_s: float = Field(30.0, gt=0.0)
 
+    @field_validator("corner")
+    @classmethod
+    def _known_corner(cls, v: str) -> str:
+        if v not in CORNERS:
+            raise ValueError(str(UnknownCornerError(v)))
+        return v
+
 
 class SimulatedDriver(Driver):
     """A single-site tester on a simulated die fleet.
 
-    Options (all keyword): ``fleet`` or (``fleet_seed``, ``variation_scale``, ``geometry``,
+    Options (all keyword): ``fleet`` or (``fleet_seed``, ``corner``, ``variation_scale``, ``geometry``,
     ``p_timeout``, ``p_contact_loss``, ``p_gross_defect``), ``noise_seed`` for the read-noise and
     fault draws (default: ``fleet seed * 1009 + site``), ``timing`` and ``default_timeout_s``; the
     configurable ones are :class:`SimulatedOptions`. After a contact loss the die must be probed again.
@@ -93,6 +103,7 @@ class SimulatedDriver(Driver):
         *,
         fleet: SimulatedFleet | None = None,
         fleet_seed: int = 2022,
+        corner: str = DEFAULT_CORNER,
         variation_scale: float = 1.0,
         geometry: ChipGeometry | None = None,
         p_timeout: float = 0.0,
@@ -110,7 +121,7 @@ class SimulatedDriver(Driver):
                 FleetConfig(
                     seed=fleet_seed,
                     geometry=geometry or ChipGeometry(),
-                    variation=VariationConfig(variation_scale=variation_scale),
+                    variation=corner_variation(corner, variation_scale),
                     faults=FaultConfig(p_timeout, p_contact_loss, p_gross_defect),
                 )
             )
@@ -129,7 +140,10 @@ class SimulatedDriver(Driver):
             vendor="cimcal",
             model="simulated fleet",
             serial=f"seed-{c.seed}",
-            extra={"variation_scale": f"{c.variation.variation_scale:g}"},
+            extra={
+                "corner": corner_of(c.variation),
+                "variation_scale": f"{c.variation.variation_scale:g}",
+            },
         )
 
     # ---- faults

@@ -14,6 +14,8 @@ class MacroArray:
 
     ``effective`` (rows, phys_cols) float32 is what each cell adds to its bit line when its word line
     is driven: the written weight (or its stuck value) times (1 + cell error) times the column gain.
+    A read then applies IR drop (gain falls with the active word lines), bit-line saturation, the
+    offset, read noise and the ADC with its INL bow and DNL edges (hardware/sim/variation.py).
     """
 
     def __init__(
@@ -25,6 +27,11 @@ class MacroArray:
             w * (1.0 + truth.cell_error[macro]) * truth.gain_ratio[macro][None, :]
         )
         self.offset_mac = truth.offset_mac[macro]
+        self._ir_per_row = np.float32(truth.ir_drop[macro] / geometry.rows)
+        sat = truth.bl_sat_mac[macro]
+        self._sat = sat if np.all(np.isfinite(sat)) else None
+        bow = truth.inl_bow_lsb[macro]
+        self._bow_mac = (bow * np.float32(geometry.adc_lsb_mac)) if np.any(bow != 0) else None
         lsb = geometry.adc_lsb_mac
         # Edge into code k sits at (k - 0.5 + e) * lsb; flattened per column for one gather per read.
         levels = geometry.adc_levels
@@ -39,14 +46,30 @@ class MacroArray:
     ) -> NDArray[np.int16]:
         """ADC codes int16 (N, phys_cols) for word-line inputs (N, rows) in {0,1}."""
         g = self.geometry
-        v = inputs.astype(np.float32) @ self.effective
+        a = inputs.astype(np.float32)
+        v = a @ self.effective
+        if self._ir_per_row:
+            # IR drop: every active word line draws current through the shared supply.
+            v *= 1.0 - self._ir_per_row * a.sum(axis=1, keepdims=True)
+        if self._sat is not None:
+            v = self._sat * np.tanh(v / self._sat)
         v += self.offset_mac
         if noise_sigma_mac > 0:
             v += rng.standard_normal(v.shape, dtype=np.float32) * np.float32(noise_sigma_mac)
+        if self._bow_mac is not None:
+            v += self._bow_mac * inl_shape(v, g)
         codes = quantize(v, self._edges, self._stride, g)
         if self._dead.size:
             codes[:, self._dead] = self._dead_code
         return codes
+
+
+def inl_shape(v: NDArray[np.float32], g: ChipGeometry) -> NDArray[np.float32]:
+    """The ADC's integral non-linearity per unit bow: ``sin(pi t)``, ``t`` from 0 at the lower rail to 1
+    at the upper one (zero at both rails, largest mid-range), for analog values ``v`` (N, C)."""
+    lo = (g.code_min - 0.5) * g.adc_lsb_mac
+    t = np.clip((v - np.float32(lo)) / np.float32(g.adc_levels * g.adc_lsb_mac), 0.0, 1.0)
+    return np.sin(np.float32(np.pi) * t).astype(np.float32)
 
 
 def quantize(

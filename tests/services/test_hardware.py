@@ -30,6 +30,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         "CIMCAL_DRIVER",
         "CIMCAL_DRIVER_OPTIONS",
         "CIMCAL_TEST_SITES",
+        "CIMCAL_CORNER",
     ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
@@ -136,6 +137,19 @@ def test_options_the_driver_refuses_name_the_site_and_the_field(env: pytest.Monk
         DriverPool.from_settings(Settings())
     env.setenv("CIMCAL_DRIVER", "nosuchdriver")
     with pytest.raises(StationConfigError, match="no driver named 'nosuchdriver'"):
+        DriverPool.from_settings(Settings())
+
+
+def test_the_simulated_fleet_runs_at_the_configured_corner(env: pytest.MonkeyPatch) -> None:
+    assert {d.info().extra["corner"] for d in DriverPool.from_settings(Settings()).drivers} == {"typical"}
+    env.setenv("CIMCAL_CORNER", "aggressive")
+    env.setenv("CIMCAL_SITES", json.dumps({"0": {}, "1": {"options": {"corner": "slow"}}}))
+    assert [d.info().extra["corner"] for d in DriverPool.from_settings(Settings()).drivers] == [
+        "aggressive",
+        "slow",
+    ]
+    env.setenv("CIMCAL_CORNER", "fast")
+    with pytest.raises(StationConfigError, match=r"test site 0: corner: .*unknown process corner 'fast'"):
         DriverPool.from_settings(Settings())
 
 

@@ -48,16 +48,26 @@ def test_read_noise_differs_between_reads_but_not_between_drivers_with_one_seed(
     assert np.array_equal(r1, other.read_macro(0, x))
 
 
-def test_readout_follows_the_hidden_variation() -> None:
-    """Average codes match gain * ideal sum + offset of the oracle truth, column by column."""
-    d = _driver(noise_seed=3)
+@pytest.mark.parametrize("corner", ["typical", "aggressive"])
+def test_readout_follows_the_hidden_variation(corner: str) -> None:
+    """Average codes follow the documented model of the oracle truth, column by column: gain times
+    the sum with IR drop, saturation, offset, and the ADC's INL bow."""
+    d = _driver(noise_seed=3, corner=corner)
     g = d.geometry()
     truth = oracle_die_truth(d.fleet.config, DIE)
     d.write_macro(1, np.ones((g.rows, g.phys_cols), dtype=np.int8))
     x = np.zeros((400, g.rows), dtype=np.uint8)
     x[:, :10] = 1  # ideal sum 10 on every column
     mean = d.read_macro(1, x).astype(float).mean(axis=0)
-    eff = (1 + truth.cell_error[1, :10]).sum(axis=0) * truth.gain_ratio[1] + truth.offset_mac[1]
+    lin = (
+        (1 + truth.cell_error[1, :10]).sum(axis=0)
+        * truth.gain_ratio[1]
+        * (1 - truth.ir_drop[1] * 10 / g.rows)
+    )
+    sat = truth.bl_sat_mac[1]
+    v = sat * np.tanh(lin / sat) + truth.offset_mac[1]
+    t = np.clip((v - (g.code_min - 0.5)) / g.adc_levels, 0, 1)
+    eff = v + truth.inl_bow_lsb[1] * np.sin(np.pi * t)
     eff = np.where(truth.stuck_mask[1, :10].any(axis=0), np.nan, eff)
     live = ~truth.dead_cols[1] & ~np.isnan(eff)
     # Noise 1 MAC over 400 reads plus ADC edge offsets of ~0.15 LSB.
@@ -152,3 +162,33 @@ def test_fleet_cache_is_bounded() -> None:
     for x in range(5):
         fleet.die(DieAddress("LOT1", 1, x, 0))
     assert len(fleet._cache) == 2
+
+
+@pytest.mark.parametrize("corner", ["typical", "aggressive"])
+def test_read_noise_does_not_grow_with_the_corner_or_the_scale(corner: str) -> None:
+    """The spread of repeated reads of one vector is the circuit's ~1 MAC, whatever the corner."""
+    g = SimulatedDriver().connect().geometry()
+    x = np.zeros((2000, g.rows), dtype=np.uint8)
+    x[:, :40] = 1
+    w = np.where(np.random.default_rng(1).random((g.rows, g.phys_cols)) < 0.5, -1, 1).astype(np.int8)
+    spreads = []
+    for scale in (1.0, 5.0):
+        d = _driver(noise_seed=2, corner=corner, variation_scale=scale)
+        d.write_macro(0, w)
+        codes = d.read_macro(0, x).astype(float)
+        inside = (codes.min(axis=0) > g.code_min) & (codes.max(axis=0) < g.code_max)
+        spreads.append(float(np.median(codes.std(axis=0)[inside])))
+    # 1 MAC of noise plus quantization (1/12 LSB^2): sqrt(1 + 1/12) ~ 1.04 LSB, at scale 1 and 5 alike.
+    assert spreads[0] == pytest.approx(1.04, abs=0.1) and spreads[1] == pytest.approx(1.04, abs=0.1)
+
+
+def test_the_corner_is_an_option_and_an_unknown_one_is_refused() -> None:
+    from hardware.registry import DriverOptionsError, validate_options
+
+    assert validate_options("simulated", {"corner": "slow"}).corner == "slow"  # type: ignore[attr-defined]
+    with pytest.raises(DriverOptionsError, match="unknown process corner 'fast'"):
+        validate_options("simulated", {"corner": "fast"})
+    with pytest.raises(ValueError, match="unknown process corner"):
+        SimulatedDriver(corner="fast")
+    info = SimulatedDriver(corner="skewed", variation_scale=2.0).info()
+    assert (info.extra["corner"], info.extra["variation_scale"]) == ("skewed", "2")

@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from hardware.chip import ChipGeometry
 from hardware.driver import DieAddress
+from hardware.sim.corners import (
+    CORNERS,
+    DEFAULT_CORNER,
+    UnknownCornerError,
+    corner_of,
+    corner_variation,
+)
 from hardware.sim.variation import FaultConfig, VariationConfig, die_variation
 
 GEO = ChipGeometry()
@@ -77,3 +86,63 @@ def test_invalid_configuration_is_rejected() -> None:
         VariationConfig(col_gain_sigma=-1)
     with pytest.raises(ValueError):
         FaultConfig(p_timeout=1.5)
+
+
+def test_same_die_gives_identical_non_linear_terms() -> None:
+    cfg = corner_variation("aggressive")
+    a, b = die_variation(11, A, GEO, cfg), die_variation(11, A, GEO, cfg)
+    for name in ("inl_bow_lsb", "bl_sat_mac", "ir_drop"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    other = die_variation(11, DieAddress("LOT7", 3, 4, -4), GEO, cfg)
+    assert not np.array_equal(a.bl_sat_mac, other.bl_sat_mac)
+
+
+@pytest.mark.parametrize("corner", sorted(CORNERS))
+def test_cell_mismatch_is_lognormal_and_never_changes_a_cells_sign(corner: str) -> None:
+    """Even at five times a corner's sigmas, no cell's contribution is zero or of the other sign."""
+    v = die_variation(5, A, GEO, corner_variation(corner, variation_scale=5.0))
+    assert v.cell_error.min() > -1.0
+    log_cell = np.log1p(v.cell_error.astype(np.float64))
+    sigma = CORNERS[corner].variation.cell_sigma * 5.0
+    assert log_cell.std() == pytest.approx(sigma, rel=0.01)
+    assert float(np.mean(1.0 + v.cell_error)) == pytest.approx(1.0, abs=0.01)  # mean-preserving
+
+
+def test_variation_scale_leaves_read_noise_and_nominal_terms_alone() -> None:
+    for corner in CORNERS:
+        cfg = corner_variation(corner, variation_scale=4.0)
+        assert cfg.sigma("read_noise_sigma_mac") == 1.0
+        assert cfg.sigma("col_offset_sigma_mac") == 4.0 * CORNERS[corner].variation.col_offset_sigma_mac
+        assert cfg.bl_sat_mac == CORNERS[corner].variation.bl_sat_mac
+    assert {c.variation.read_noise_sigma_mac for c in CORNERS.values()} == {1.0}
+
+
+def test_the_linear_terms_do_not_depend_on_the_non_linear_ones() -> None:
+    """Switching saturation, IR drop and INL off leaves the same die (they draw from their own stream)."""
+    cfg = corner_variation("aggressive")
+    linear = replace(
+        cfg, bl_sat_mac=0.0, ir_drop=0.0, ir_drop_sigma=0.0, adc_inl_lsb=0.0, adc_inl_sigma_lsb=0.0
+    )
+    a, b = die_variation(3, A, GEO, cfg), die_variation(3, A, GEO, linear)
+    for name in ("gain_ratio", "offset_mac", "edge_offset_lsb", "cell_error", "stuck_mask", "dead_cols"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert np.all(np.isinf(b.bl_sat_mac)) and np.all(b.ir_drop == 0) and np.all(b.inl_bow_lsb == 0)
+
+
+def test_every_corner_is_a_full_named_parameter_set() -> None:
+    assert {"typical", "slow", "skewed", "aggressive"} <= set(CORNERS)
+    assert CORNERS[DEFAULT_CORNER].variation == VariationConfig()
+    for name, corner in CORNERS.items():
+        assert corner.name == name and corner.stands_for
+        assert corner_variation(name) == corner.variation
+        assert corner_of(corner_variation(name, 2.5)) == name
+    # Distinct parameter sets, not one set under different multipliers.
+    assert len({c.variation for c in CORNERS.values()}) == len(CORNERS)
+    assert corner_of(VariationConfig(col_offset_sigma_mac=7.0)) == "custom"
+
+
+def test_an_unknown_corner_is_a_clear_error() -> None:
+    with pytest.raises(
+        UnknownCornerError, match=r"unknown process corner 'fast'.*aggressive, skewed, slow, typical"
+    ):
+        corner_variation("fast")
