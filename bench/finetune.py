@@ -79,7 +79,17 @@ def finetune_on_die(
         if passes >= max_passes or driver.tester_time_s - s0 + pass_s > tester_budget_s:
             break
         surrogate = fit_surrogate(image, program, dp)
-        thr = train_thresholds(program, surrogate, features, y, teacher_logits, thr, config=config, rng=rng)
+        # The first round starts from the surrogate's own two-point trim, later ones from the last.
+        thr = train_thresholds(
+            program,
+            surrogate,
+            features,
+            y,
+            teacher_logits,
+            thr if passes > 1 else None,
+            config=config,
+            rng=rng,
+        )
     final = _replace_thresholds(start, best_thr)
     return FinetuneRun(
         image=final,

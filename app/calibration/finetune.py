@@ -19,7 +19,9 @@ One round:
 3. **Train** (:func:`train_thresholds`): the network with every binary layer replaced by its
    surrogate, ``P(fire) = Phi((sum_rt G_rt * s_rt + A - theta + 1/2) / sigma)``, is differentiable
    in the thresholds ``theta``; Adam minimises the cross-entropy on the calibration labels plus a
-   distillation term towards the ideal chip's logits, from the current thresholds.
+   distillation term towards the ideal chip's logits (hard decisions forward, the relaxation's
+   gradient back: the straight-through estimator of binary-network training), and keeps the
+   thresholds whose hard decisions score best on the calibration set.
 
 Nothing here touches a driver or the simulator: the die is only the ``readout`` callable.
 """
@@ -49,19 +51,23 @@ class FinetuneConfig:
     batch           : clips per step
     lr_code         : Adam learning rate, ADC codes
     temperature_code: added to the fitted noise of every channel (codes), so a gradient reaches
-                      channels whose fitted noise is tiny
+                      channels whose fitted noise is tiny; it anneals from ``temperature_start_code``
     kd_weight       : weight of the distillation term (KL to the ideal chip's softened logits)
     kd_temperature  : softening temperature of that term
     fit_samples     : patches per layer used for the surrogate fit (a random subset)
+    eval_every      : steps between evaluations of the surrogate's hard accuracy on the whole set;
+                      the thresholds returned are the best evaluated (the start included)
     """
 
     steps: int = 80
-    batch: int = 64
+    batch: int = 32
     lr_code: float = 0.3
     temperature_code: float = 0.5
+    temperature_start_code: float = 3.0
     kd_weight: float = 1.0
     kd_temperature: float = 2.0
     fit_samples: int = 20000
+    eval_every: int = 20
 
 
 @dataclass
@@ -110,11 +116,14 @@ class LayerSurrogate:
     eff_weight : (K, Cout) float32, the weight matrix times the summed gain of each row's tile copies
     offset     : (Cout,) float64, summed offset of every tile of the channel (codes)
     sigma      : (Cout,) float64, spread of the summed code around the linear model (codes)
+    threshold  : (Cout,) int32, the ideal boundary mapped through the model (the die-fitted
+                 two-point trim): where training starts
     """
 
     eff_weight: F32
     offset: F64
     sigma: F64
+    threshold: NDArray[np.int32]
 
 
 def _tile_fit(s: F64, y: F64, w: F64) -> tuple[F64, F64, F64]:
@@ -138,16 +147,17 @@ def fit_surrogate(
     g = image.geometry
     out: dict[str, LayerSurrogate] = {}
     for layer in program.binary_layers():
-        wm = layer.weight_matrix().astype(np.float64)  # (K, Cout)
+        wm = layer.weight_matrix().astype(np.float32)  # (K, Cout)
         thr = np.asarray(layer.arrays["threshold"], dtype=np.float64)
-        patches = die_pass.patches[layer.name].astype(np.float64)
+        patches = die_pass.patches[layer.name].astype(np.float32)
         gain_rows = np.zeros(wm.shape, np.float64)  # (K, Cout): summed gain of the copies of each row
         offset = np.zeros(layer.n_out)
         var = np.zeros(layer.n_out)
+        boundary = np.zeros(layer.n_out)
         for t in (t for t in image.tiles if t.layer == layer.name):
             rows = slice(t.row_start, t.row_start + t.n_rows)
             cols = slice(t.col_start, t.col_start + t.n_cols)
-            s = patches[:, rows] @ wm[rows, cols]  # (n, nc) ideal partial sums
+            s = (patches[:, rows] @ wm[rows, cols]).astype(np.float64)  # (n, nc) ideal partial sums
             y = die_pass.codes[t.macro][:, image.col_map[t.macro, : t.n_cols]].astype(np.float64)
             at_boundary = (thr[cols] - 0.5) * t.n_rows / layer.n_rows
             width = np.maximum(4.0, s.std(axis=0))
@@ -157,8 +167,12 @@ def fit_surrogate(
             gain_rows[rows, cols] += b[None, :]
             offset[cols] += a
             var[cols] += sigma**2
+            boundary[cols] += a + b * at_boundary
         out[layer.name] = LayerSurrogate(
-            eff_weight=(wm * gain_rows).astype(np.float32), offset=offset, sigma=np.sqrt(var)
+            eff_weight=(wm * gain_rows).astype(np.float32),
+            offset=offset,
+            sigma=np.sqrt(var),
+            threshold=(np.floor(boundary) + 1).astype(np.int32),
         )
     return out
 
@@ -208,34 +222,51 @@ def _digital(layer: LayerSpec, x: torch.Tensor) -> torch.Tensor:
 class _SoftNetwork:
     """The surrogate network, differentiable in the thresholds of its binary layers."""
 
-    def __init__(
-        self, program: NetworkProgram, surrogate: Mapping[str, LayerSurrogate], temperature_code: float
-    ) -> None:
+    def __init__(self, program: NetworkProgram, surrogate: Mapping[str, LayerSurrogate]) -> None:
         self.program = program
         self.weight = {k: torch.from_numpy(v.eff_weight) for k, v in surrogate.items()}
         self.offset = {k: torch.from_numpy(v.offset.astype(np.float32)) for k, v in surrogate.items()}
-        self.sigma = {
-            k: torch.from_numpy(np.sqrt(v.sigma**2 + temperature_code**2).astype(np.float32))
-            for k, v in surrogate.items()
-        }
+        self.noise_var = {k: torch.from_numpy((v.sigma**2).astype(np.float32)) for k, v in surrogate.items()}
+        self.temperature = 1.0
+        self.straight_through = True
 
-    def forward(self, x: torch.Tensor, start: int, theta: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def spread(self, name: str) -> torch.Tensor:
+        return torch.sqrt(self.noise_var[name] + self.temperature**2)
+
+    def sums(self, layer: LayerSpec, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The surrogate's mean summed codes of ``layer`` for its input ``x``: (N, L, C) and (Ho, Wo)."""
+        if layer.kind != "conv_binary":
+            return (x.reshape(x.shape[0], -1) @ self.weight[layer.name] + self.offset[layer.name]), (1, 1)
+        kh, kw = layer.weight_shape[2:]
+        pad, stride = _pair(layer.attrs.get("padding", 0)), _pair(layer.attrs.get("stride", 1))
+        ho = (x.shape[2] + 2 * pad[0] - kh) // stride[0] + 1
+        wo = (x.shape[3] + 2 * pad[1] - kw) // stride[1] + 1
+        cols = F.unfold(x, (kh, kw), padding=pad, stride=stride)  # (N, K, L)
+        return cols.transpose(1, 2) @ self.weight[layer.name] + self.offset[layer.name], (ho, wo)
+
+    def forward(
+        self, x: torch.Tensor, start: int, theta: Mapping[str, torch.Tensor], first_sums: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits from the input ``x`` of layer ``start`` (the first binary layer, whose sums do not
+        depend on any threshold and come precomputed as ``first_sums``)."""
         n = x.shape[0]
-        for layer in self.program.layers[start:]:
+        for i, layer in enumerate(self.program.layers[start:]):
             if not layer.is_binary:
                 x = _digital(layer, x)
                 continue
-            if layer.kind == "conv_binary":
-                kh, kw = layer.weight_shape[2:]
-                pad, stride = _pair(layer.attrs.get("padding", 0)), _pair(layer.attrs.get("stride", 1))
-                ho = (x.shape[2] + 2 * pad[0] - kh) // stride[0] + 1
-                wo = (x.shape[3] + 2 * pad[1] - kw) // stride[1] + 1
-                cols = F.unfold(x, (kh, kw), padding=pad, stride=stride)  # (N, K, L)
-                mu = cols.transpose(1, 2) @ self.weight[layer.name] + self.offset[layer.name]  # (N, L, C)
+            if i == 0:
+                mu, (ho, wo) = first_sums, (x.shape[2], x.shape[3])
+                if layer.kind == "conv_binary":
+                    _, (ho, wo) = self.sums(layer, x[:1])
             else:
-                mu = x.reshape(n, -1) @ self.weight[layer.name] + self.offset[layer.name]
-            z = (mu - theta[layer.name] + 0.5) / self.sigma[layer.name]
-            p = 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
+                mu, (ho, wo) = self.sums(layer, x)
+            z = (mu - theta[layer.name] + 0.5) / self.spread(layer.name)
+            soft = 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
+            if self.straight_through:  # the die's hard decisions forward, the soft ones' gradient back
+                hard = (mu - theta[layer.name] + 0.5 >= 0).to(soft.dtype)
+                p = hard + soft - soft.detach()
+            else:
+                p = soft
             if layer.kind == "conv_binary":
                 p = p.transpose(1, 2).reshape(n, layer.n_out, ho, wo)
                 pool = _pair(layer.attrs.get("pool", 1))
@@ -251,30 +282,43 @@ def train_thresholds(
     features: F32,
     labels: NDArray[np.integer],
     teacher_logits: F32,
-    start: Mapping[str, NDArray[np.integer]],
+    start: Mapping[str, NDArray[np.integer]] | None = None,
     *,
     config: FinetuneConfig | None = None,
     rng: np.random.Generator,
 ) -> dict[str, NDArray[np.int32]]:
-    """Integer thresholds (per binary layer, (Cout,)) trained on the surrogate from ``start``.
+    """Integer thresholds (per binary layer, (Cout,)) trained on the surrogate from ``start`` (None:
+    the surrogate's own two-point trim).
 
     features (N, C, H, W) float32 and labels (N,): the calibration set; teacher_logits (N, classes):
     the ideal chip's logits on it.
     """
     cfg = config or FinetuneConfig()
     torch.manual_seed(int(rng.integers(2**31)))
-    net = _SoftNetwork(program, surrogate, cfg.temperature_code)
+    net = _SoftNetwork(program, surrogate)
+    start = start if start is not None else {k: v.threshold for k, v in surrogate.items()}
     with torch.no_grad():
         x0, first = _digital_prefix(program, features)
+        first_sums, _ = net.sums(program.layers[first], x0)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     teacher = torch.from_numpy(np.asarray(teacher_logits, dtype=np.float32))
     theta = {k: torch.tensor(np.asarray(v, dtype=np.float32), requires_grad=True) for k, v in start.items()}
     opt = torch.optim.Adam(list(theta.values()), lr=cfg.lr_code)
     n = x0.shape[0]
     t = cfg.kd_temperature
-    for _ in range(cfg.steps):
+
+    def hard_accuracy() -> float:
+        """Accuracy of the surrogate's hard decisions (the die's, as fitted) on the whole set."""
+        with torch.no_grad():
+            logits = net.forward(x0, first, {k: torch.round(v) for k, v in theta.items()}, first_sums)
+        return float((logits.argmax(dim=1) == y).float().mean())
+
+    best_acc, best = hard_accuracy(), {k: v.detach().clone() for k, v in theta.items()}
+    for step in range(cfg.steps):
+        frac = step / max(1, cfg.steps - 1)
+        net.temperature = cfg.temperature_start_code + frac * (cfg.temperature_code - cfg.temperature_start_code)
         idx = torch.from_numpy(rng.choice(n, size=min(cfg.batch, n), replace=False))
-        logits = net.forward(x0[idx], first, theta)
+        logits = net.forward(x0[idx], first, theta, first_sums[idx])
         loss = F.cross_entropy(logits, y[idx])
         if cfg.kd_weight > 0:
             loss = loss + cfg.kd_weight * t * t * F.kl_div(
@@ -283,4 +327,8 @@ def train_thresholds(
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return {k: np.rint(v.detach().numpy()).astype(np.int32) for k, v in theta.items()}
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            acc = hard_accuracy()
+            if acc > best_acc:  # ties keep the earlier thresholds, the nearer to the start
+                best_acc, best = acc, {k: v.detach().clone() for k, v in theta.items()}
+    return {k: np.rint(v.numpy()).astype(np.int32) for k, v in best.items()}
