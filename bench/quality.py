@@ -235,12 +235,15 @@ def run_quality_bench(
     seed: int = 0,
     command: str | None = None,
     driver: DriverSpec | None = None,
+    records_from: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the benchmark for ``model`` on ``driver`` (default: the simulated fleet); returns the
     result dict (also written to ``json_path``, the run's section of ``md_path`` and its figure,
     ``png_path`` or docs/<the model's figure>, when those paths are not None). Subset sizes left None
-    are the model's defaults (:data:`bench.quality_data.MODELS`); ``finetune_dies`` None: every die."""
+    are the model's defaults (:data:`bench.quality_data.MODELS`); ``finetune_dies`` None: every die.
+    ``records_from``: no die runs; the result is made of the dies a run cut short kept in its
+    ``.partial.jsonl`` (marked partial, with how many dies of each row finished)."""
     t_start = time.perf_counter()
     spec = MODELS[model]
     drv_spec = driver or DriverSpec()
@@ -275,9 +278,13 @@ def run_quality_bench(
     records: list[dict[str, Any]] = []
     sweep: list[dict[str, Any]] = []
     # Every finished die as one JSON line next to the result, so a run cut short keeps what it measured.
-    partial = Path(f"{json_path}.partial.jsonl") if json_path else None
+    partial = Path(f"{json_path}.partial.jsonl") if json_path and records_from is None else None
     if partial is not None:
         partial.write_text("")
+    if records_from is not None:
+        kept = [json.loads(line) for line in records_from.read_text().splitlines() if line.strip()]
+        records = [{k: v for k, v in r.items() if k != "kind"} for r in kept if r["kind"] == "die"]
+        tasks = []
     with worker_pool(data, workers, drv_spec) as pool:
         futures = [
             (kind, pool.submit(die_task if kind == "die" else budget_task, *args)) for kind, args in tasks
@@ -329,17 +336,22 @@ def run_quality_bench(
             "driver": drv_spec.describe(),
             "fleet_seed": FLEET_SEED,
             "seed": seed,
+            **(
+                {"partial": {_label(sc): sum(r["scale"] == sc for r in records) for sc in row_scales}}
+                if records_from is not None
+                else {}
+            ),
         },
         "summary": summarize(records, ideal),
         "budget_curve": _budget_curve(sweep, budgets),
         "dies": [{k: v for k, v in r.items() if k in DIE_KEYS} for r in records],
-        "elapsed_s": time.perf_counter() - t_start,
+        "elapsed_s": None if records_from is not None else time.perf_counter() - t_start,
     }
     write_outputs(result, json_path, md_path, png_path)
     if partial is not None:
         partial.unlink(missing_ok=True)
     log("\n".join(render_section(result)))
-    log(f"done in {result['elapsed_s'] / 60:.1f} min")
+    log(f"done in {(time.perf_counter() - t_start) / 60:.1f} min")
     return result
 
 
@@ -447,6 +459,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--ablation", action="store_true", help="compare compensation variants instead (prints a table)"
     )
     p.add_argument("--timing", action="store_true", help="time each step in this process instead")
+    p.add_argument(
+        "--from-partial",
+        action="store_true",
+        help="run no die: write the result, docs and figure from the dies the same command, cut short, "
+        "kept in <json>.partial.jsonl",
+    )
     a = p.parse_args(argv)
     settings: list[float | str] | None = a.corners or a.scales
     try:
@@ -488,7 +506,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         return
     json_path = a.json if (a.json or a.no_docs) else default_json_path(a.model)
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = [v for v in (sys.argv[1:] if argv is None else argv) if v != "--from-partial"]
+    records_from = Path(f"{json_path}.partial.jsonl") if a.from_partial else None
     run_quality_bench(
         a.dies,
         json_path,
@@ -506,6 +525,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         md_path=None if a.no_docs else ROOT / "docs" / "quality.md",
         command="python -m bench.quality " + shlex.join(args),
         driver=spec,
+        records_from=records_from,
     )
 
 

@@ -136,6 +136,18 @@ def _pp(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
+def _duration(result: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """How long the run took, or, for a run cut short, how many dies of each row it finished."""
+    partial = cfg.get("partial")
+    if result.get("elapsed_s") is None or partial:
+        done = ", ".join(f"{k} {v}" for k, v in (partial or {}).items())
+        return (
+            f"**cut short** (dies finished per row: {done}; of {cfg['dies']} asked; rendered from the dies it "
+            "kept with `--from-partial`)"
+        )
+    return f"in {result['elapsed_s'] / 60:.1f} min"
+
+
 def render_section(result: dict[str, Any]) -> list[str]:
     """The markdown lines of one model's results (older result files lack the per-model notes: they
     are the KWS model's)."""
@@ -167,7 +179,7 @@ def render_section(result: dict[str, Any]) -> list[str]:
     lines = [
         f"## `{section_key(cfg)}`",
         "",
-        f"Produced by `{cfg['command']}` in {result['elapsed_s'] / 60:.1f} min on {cfg['workers']} worker "
+        f"Produced by `{cfg['command']}` {_duration(result, cfg)} on {cfg['workers']} worker "
         f"process(es); seed {cfg.get('seed', 0)} (data subsets, activation statistics), fleet seed "
         f"{cfg.get('fleet_seed', FLEET_SEED)}, die seeds from both. Model `{cfg['model']}` (software accuracy "
         f"{_pct(cfg['software_accuracy'])} % on the same {samples}). {data_note} {where} Characterization "

@@ -316,7 +316,9 @@ def train_thresholds(
     best_acc, best = hard_accuracy(), {k: v.detach().clone() for k, v in theta.items()}
     for step in range(cfg.steps):
         frac = step / max(1, cfg.steps - 1)
-        net.temperature = cfg.temperature_start_code + frac * (cfg.temperature_code - cfg.temperature_start_code)
+        net.temperature = cfg.temperature_start_code + frac * (
+            cfg.temperature_code - cfg.temperature_start_code
+        )
         idx = torch.from_numpy(rng.choice(n, size=min(cfg.batch, n), replace=False))
         logits = net.forward(x0[idx], first, theta, first_sums[idx])
         loss = F.cross_entropy(logits, y[idx])
