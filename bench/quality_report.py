@@ -193,7 +193,7 @@ def render_section(result: dict[str, Any]) -> list[str]:
         "surrogate of the die fitted from its own reads of the calibration set, with the die in the loop "
         f"between rounds, given {cfg.get('finetune_budget_ratio', 10):g}x cimcal's characterization tester "
         "time (app/calibration/finetune.py); the ORACLE is cimcal's compensation fed the simulator's hidden "
-        "truth (an upper bound, not a competitor).",
+        "truth of every term the signature models (a reference, not a competitor).",
         "",
         f"### Accuracy by {by}",
         "",
