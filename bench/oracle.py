@@ -17,8 +17,9 @@ from hardware.sim.driver import FleetConfig, SimulatedDriver
 from hardware.sim.oracle import oracle_die_truth
 
 
-def oracle_signature(config: FleetConfig, address: DieAddress) -> Signature:
-    """ORACLE: the exact signature of one simulated die (every field from the hidden truth)."""
+def oracle_signature(config: FleetConfig, address: DieAddress, *, nonlinear: bool = False) -> Signature:
+    """ORACLE: the exact signature of one simulated die (every field from the hidden truth); with
+    ``nonlinear`` also its bit-line saturation and IR drop (the INL bow has no signature field)."""
     truth = oracle_die_truth(config, address)
     g = config.geometry
     m, r, p = np.nonzero(truth.stuck_mask)
@@ -42,6 +43,8 @@ def oracle_signature(config: FleetConfig, address: DieAddress) -> Signature:
         ),
         edge_offset_lsb=truth.edge_offset_lsb,
         cell_error=truth.cell_error,
+        bl_sat_mac=truth.bl_sat_mac if nonlinear else None,
+        ir_drop=truth.ir_drop if nonlinear else None,
         meta={"source": "ORACLE"},
     )
 

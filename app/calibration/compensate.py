@@ -244,6 +244,8 @@ class _Instance:
     dead_code: NDArray[np.float64]
     edges: NDArray[np.float64]  # (nc, levels - 1) MAC
     extra: NDArray[np.float64] | None  # (nc, n) MAC: cell-error and stuck-cell terms of each sample
+    sat: NDArray[np.float64] | None = None  # (nc,) bit-line saturation level (0: none), MAC
+    ir_drop: float = 0.0  # gain lost with every row of the macro active
 
 
 def _clipped_normal_mean(
@@ -388,6 +390,10 @@ def _instances(
                 dead_code=signature.dead_code[t.macro, phys].astype(np.float64),
                 edges=edges,
                 extra=extra,
+                sat=None
+                if signature.bl_sat_mac is None
+                else signature.bl_sat_mac[t.macro, phys].astype(np.float64),
+                ir_drop=0.0 if signature.ir_drop is None else float(signature.ir_drop[t.macro]),
             )
         )
     return out
@@ -440,10 +446,28 @@ def sample_model(
     n_act = stats.tile_active[c0 : c0 + nc].astype(np.float64)
 
     def analog(inst: _Instance) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        v = inst.gain[:, None] * s_sum[:, :, inst.row_tile] + inst.offset[:, None]
+        n_rows = n_act[:, :, inst.row_tile]
+        if inst.sat is None and not inst.ir_drop:
+            v = inst.gain[:, None] * s_sum[:, :, inst.row_tile] + inst.offset[:, None]
+            if inst.extra is not None:
+                v = v + inst.extra
+            sd = np.sqrt(inst.sigma**2 + (inst.gain[:, None] * resid) ** 2 * n_rows)
+            return v, np.maximum(sd, 1e-9)
+        # IR drop (the gain falls with the tile's active rows, the only rows its read drives), then
+        # saturation; the cell-mismatch noise scales with the local slope of the transfer.
+        lin = inst.gain[:, None] * s_sum[:, :, inst.row_tile]
         if inst.extra is not None:
-            v = v + inst.extra
-        sd = np.sqrt(inst.sigma**2 + (inst.gain[:, None] * resid) ** 2 * n_act[:, :, inst.row_tile])
+            lin = lin + inst.extra
+        slope = 1.0 - inst.ir_drop * n_rows / g.rows
+        lin = lin * slope
+        if inst.sat is not None:
+            sat = inst.sat[:, None]
+            safe = np.where(sat > 0, sat, 1.0)
+            th = np.tanh(lin / safe)
+            lin = np.where(sat > 0, safe * th, lin)
+            slope = slope * np.where(sat > 0, 1.0 - th**2, 1.0)
+        v = lin + inst.offset[:, None]
+        sd = np.sqrt(inst.sigma**2 + (inst.gain[:, None] * resid * slope) ** 2 * n_rows)
         return v, np.maximum(sd, 1e-9)
 
     if len(instances) == 1:

@@ -102,6 +102,10 @@ class Signature:
     cell_residual_sigma : relative error left after ``cell_error`` (equals ``cell_sigma`` without it)
     dead_cols       : ndarray (n_macros, phys_cols) bool; dead_code int16 (code a dead column returns)
     stuck           : :class:`StuckCells`
+    bl_sat_mac      : ndarray (n_macros, phys_cols) float32 or None (linear bit lines): saturation
+                      level, the bit line reads ``v_sat * tanh(v / v_sat)`` (0: none)
+    ir_drop         : ndarray (n_macros,) float32 or None: fraction of the gain lost with every row
+                      active; ``gain`` is then the gain with no row active
     meta            : small JSON-able provenance (ECID, reads, budget...): not used by compensation
     """
 
@@ -116,6 +120,8 @@ class Signature:
     stuck: StuckCells = field(default_factory=StuckCells.empty)
     edge_offset_lsb: NDArray[np.float32] | None = None
     cell_error: NDArray[np.float32] | None = None
+    bl_sat_mac: NDArray[np.float32] | None = None
+    ir_drop: NDArray[np.float32] | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -136,8 +142,17 @@ class Signature:
             step = _cell_step(self.cell_sigma)
             q = np.clip(np.rint(np.asarray(self.cell_error, np.float64) / step), -CELL_LEVELS, CELL_LEVELS)
             set_(self, "cell_error", (q * step).astype(np.float32))
+        if self.bl_sat_mac is not None:
+            sat = np.where(np.isfinite(self.bl_sat_mac), self.bl_sat_mac, 0.0)
+            set_(self, "bl_sat_mac", _f16(sat))
+        if self.ir_drop is not None:
+            set_(self, "ir_drop", _f16(self.ir_drop))
         set_(self, "meta", json.loads(json.dumps(dict(self.meta), sort_keys=True)))
         checks = [
+            (self.bl_sat_mac is None or self.bl_sat_mac.shape == mp, "bl_sat_mac shape"),
+            (self.bl_sat_mac is None or bool(np.all(self.bl_sat_mac >= 0)), "negative bl_sat_mac"),
+            (self.ir_drop is None or self.ir_drop.shape == (g.n_macros,), "ir_drop must be (n_macros,)"),
+            (self.ir_drop is None or bool(np.all((self.ir_drop >= 0) & (self.ir_drop < 1))), "ir_drop range"),
             (self.gain.shape == mp, f"gain shape {self.gain.shape} != {mp}"),
             (self.offset_mac.shape == mp, f"offset shape {self.offset_mac.shape} != {mp}"),
             (self.noise_sigma_mac.shape == (g.n_macros,), "noise_sigma_mac must be (n_macros,)"),
@@ -255,6 +270,10 @@ class Signature:
             if q.size % 2:
                 q = np.concatenate([q, np.zeros(1, np.int16)])
             sections.append(("cell_error_q4", (q[0::2] | (q[1::2] << 4)).astype("u1")))
+        if self.bl_sat_mac is not None:
+            sections.append(("bl_sat_mac", self.bl_sat_mac.astype("<f2")))
+        if self.ir_drop is not None:
+            sections.append(("ir_drop", self.ir_drop.astype("<f2")))
         table, payload = pack_sections(sections)
         header = {
             "signature_version": SIGNATURE_VERSION,
@@ -325,6 +344,8 @@ class Signature:
         cell_sigma = float(header["cell_sigma"])
         edges = arrays.get("edge_offset")
         cells = arrays.get("cell_error_q4")
+        sat = arrays.get("bl_sat_mac")
+        ir = arrays.get("ir_drop")
         if cells is not None:
             n_cells = g.n_macros * g.rows * g.phys_cols
             nib = np.stack([cells & 0x0F, cells >> 4], axis=1).reshape(-1)[:n_cells].astype(np.int16)
@@ -353,6 +374,8 @@ class Signature:
             cell_error=None
             if cells is None
             else (cells.astype(np.float32) * _cell_step(cell_sigma)).reshape(g.n_macros, g.rows, g.phys_cols),
+            bl_sat_mac=None if sat is None else sat.astype(np.float32).reshape(mp),
+            ir_drop=None if ir is None else ir.astype(np.float32).reshape(g.n_macros),
             meta=header.get("meta", {}),
         )
 

@@ -43,7 +43,8 @@ CORNERS: dict[str, Corner] = {
     for c in (
         Corner(
             "typical",
-            "nominal process: the sigmas of domain.md section 2, mild saturation, IR drop and INL",
+            "nominal process: the sigmas of domain.md section 2, mild saturation (64 MAC, twice the "
+            "ADC's full scale), 4 % IR drop with every row active, an INL bow of 0.5 LSB sigma",
             _TYPICAL,
         ),
         Corner(
@@ -66,31 +67,33 @@ CORNERS: dict[str, Corner] = {
         ),
         Corner(
             "skewed",
-            "systematic wafer gradients: a strong centre-to-edge bowl and a tilt in gain and offset "
-            "(film thickness and implant dose across the wafer), a lot-level offset shift; "
-            "local variation stays typical",
+            "systematic wafer gradients: cell current falls towards the wafer edge (25 % at the rim) "
+            "and the sense amplifiers' offset rises (5 MAC at the rim), as film thickness and implant "
+            "dose vary across the wafer; a tilt and wafer-to-wafer spread on top; local variation "
+            "stays typical, so dies near the centre are nominal and dies near the rim are not",
             replace(
                 _TYPICAL,
-                lot_gain_sigma=0.04,
-                lot_offset_sigma_mac=1.0,
-                wafer_radial_gain_sigma=0.12,
-                wafer_radial_offset_sigma_mac=2.5,
-                wafer_linear_gain_sigma=0.06,
-                die_offset_sigma_mac=0.8,
+                lot_offset_sigma_mac=0.5,
+                wafer_radial_gain_mean=-0.25,
+                wafer_radial_gain_sigma=0.05,
+                wafer_radial_offset_mean_mac=5.0,
+                wafer_radial_offset_sigma_mac=1.0,
+                wafer_linear_gain_sigma=0.04,
             ),
         ),
         Corner(
             "aggressive",
             "aggressive design point (low supply, dense array): strong cell mismatch, a few-% column "
             "gains and large sense offsets, bit-line saturation inside the ADC range, IR drop of "
-            "20 % with every row active, and an ADC bow of 2 LSB",
+            "20 % with every row active, and an ADC bow of 1.5 LSB (1 LSB sigma)",
             replace(
                 _TYPICAL,
-                col_gain_sigma=0.06,
-                col_offset_sigma_mac=2.0,
-                die_offset_sigma_mac=0.8,
+                col_gain_sigma=0.08,
+                col_offset_sigma_mac=4.0,
+                die_offset_sigma_mac=1.0,
+                macro_offset_sigma_mac=0.5,
                 adc_edge_sigma_lsb=0.3,
-                adc_inl_lsb=2.0,
+                adc_inl_lsb=1.5,
                 adc_inl_sigma_lsb=1.0,
                 bl_sat_mac=24.0,
                 bl_sat_sigma=0.1,
@@ -118,3 +121,11 @@ def corner_of(variation: VariationConfig) -> str:
         if replace(corner.variation, variation_scale=variation.variation_scale) == variation:
             return name
     return "custom"
+
+
+def linear_twin(variation: VariationConfig) -> VariationConfig:
+    """``variation`` without bit-line saturation, IR drop and INL bow, all else identical: the same
+    dies (those terms draw from their own seed stream) as the linear model a signature describes."""
+    return replace(
+        variation, bl_sat_mac=0.0, ir_drop=0.0, ir_drop_sigma=0.0, adc_inl_lsb=0.0, adc_inl_sigma_lsb=0.0
+    )

@@ -14,7 +14,8 @@ noise are not scaled: read noise is a property of the circuit, not of the proces
 source                     default            why (see shared/docs/domain.md, section 2)
 =========================  =================  ==============================================
 lot gain / offset          1 % / 0.2 MAC      process shift between lots
-wafer radial gain/offset   2 % / 0.3 MAC      centre-to-edge bowl (times r^2, r = 1 at edge)
+wafer radial gain/offset   0 / 0 MAC (mean)   systematic centre-to-edge bowl (times r^2) ...
+                           2 % / 0.3 MAC      ... and its wafer-to-wafer sigma (r = 1 at edge)
 wafer linear gain          1 % per radius     tilt in x and y
 die gain shift (mean)      0 %                systematic cell-current shift of the corner
 die gain / offset          1.5 % / 0.3 MAC    die-level shift
@@ -22,7 +23,7 @@ macro gain / offset        1 % / 0.2 MAC      per-array reference and bias sprea
 column gain                3 %                bit-line / sense gain, "a few %"
 column offset              0.9 MAC            sense-amp / ADC offset, ~0.9 MAC at R = 256
 ADC edge offset (DNL)      0.15 LSB           per column, per decision edge (clipped to 0.45)
-ADC INL bow                0.5 LSB, 0.25 LSB  mean / per-column sigma of a smooth bow, zero at
+ADC INL bow                0 LSB, 0.5 LSB     mean / per-column sigma of a smooth bow, zero at
                                               the rails, largest mid-range
 bit-line saturation        64 MAC, 5 %        ``v_sat * tanh(v / v_sat)``: v_sat / per-column
                                               lognormal sigma (0 disables saturation)
@@ -55,6 +56,9 @@ from hardware.driver import DieAddress
 EDGE_OFFSET_CLIP_LSB = 0.45  # keeps decision edges monotonic, so one correction step finds the code
 
 
+SIGNED_FIELDS = frozenset({"die_gain_mean", "wafer_radial_gain_mean", "wafer_radial_offset_mean_mac"})
+"""Systematic shifts of a corner (either sign); every other field is >= 0."""
+
 TEMPORAL_SIGMAS = frozenset({"read_noise_sigma_mac"})
 """Sigmas of temporal noise: ``variation_scale`` leaves them alone (the corner is a static property)."""
 
@@ -71,7 +75,9 @@ class VariationConfig:
     variation_scale: float = 1.0
     lot_gain_sigma: float = 0.01
     lot_offset_sigma_mac: float = 0.2
+    wafer_radial_gain_mean: float = 0.0
     wafer_radial_gain_sigma: float = 0.02
+    wafer_radial_offset_mean_mac: float = 0.0
     wafer_radial_offset_sigma_mac: float = 0.3
     wafer_linear_gain_sigma: float = 0.01
     die_gain_mean: float = 0.0
@@ -82,8 +88,8 @@ class VariationConfig:
     col_gain_sigma: float = 0.03
     col_offset_sigma_mac: float = 0.9
     adc_edge_sigma_lsb: float = 0.15
-    adc_inl_lsb: float = 0.5
-    adc_inl_sigma_lsb: float = 0.25
+    adc_inl_lsb: float = 0.0
+    adc_inl_sigma_lsb: float = 0.5
     bl_sat_mac: float = 64.0
     bl_sat_sigma: float = 0.05
     ir_drop: float = 0.04
@@ -96,7 +102,7 @@ class VariationConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.name != "die_gain_mean" and getattr(self, f.name) < 0:
+            if f.name not in SIGNED_FIELDS and getattr(self, f.name) < 0:
                 raise ValueError(f"{f.name} must be >= 0")
         if not -0.9 < self.die_gain_mean < 1.0:
             raise ValueError("die_gain_mean must be within (-0.9, 1)")
@@ -200,8 +206,8 @@ def die_variation(
 
     wafer_rng = _rng(fleet_seed, 2, lot, address.wafer)
     rad_gain, rad_off = (
-        wafer_rng.normal(0, s("wafer_radial_gain_sigma")),
-        wafer_rng.normal(0, s("wafer_radial_offset_sigma_mac")),
+        config.wafer_radial_gain_mean + wafer_rng.normal(0, s("wafer_radial_gain_sigma")),
+        config.wafer_radial_offset_mean_mac + wafer_rng.normal(0, s("wafer_radial_offset_sigma_mac")),
     )
     lin_gx, lin_gy = wafer_rng.normal(0, s("wafer_linear_gain_sigma"), size=2)
 

@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 from app.calibration.synthetic import ideal_predictions, synthetic_features, synthetic_program
 from hardware.chip import ChipGeometry, NetworkProgram
 from hardware.driver import DieAddress
+from hardware.sim.corners import linear_twin
 from hardware.sim.driver import FleetConfig, SimulatedDriver, SimulatedFleet
 from hardware.sim.variation import FaultConfig, VariationConfig
 
@@ -23,13 +24,25 @@ SMALL_BUDGET = 8 * 2 * 384  # read vectors per die: 384 per macro and pattern
 
 
 def fleet_config(
-    scale: float = 1.0, *, dead_col_rate: float = 2e-3, stuck_cell_rate: float = 2e-4, p_timeout: float = 0.0
+    scale: float = 1.0,
+    *,
+    dead_col_rate: float = 2e-3,
+    stuck_cell_rate: float = 2e-4,
+    p_timeout: float = 0.0,
+    read_noise_sigma_mac: float = 1.0,
 ) -> FleetConfig:
+    """The typical corner's linear twin: the estimators are checked against the linear model a
+    signature describes (bench/corners.py measures what the non-linear terms cost)."""
     return FleetConfig(
         seed=11,
         geometry=SMALL,
-        variation=VariationConfig(
-            variation_scale=scale, dead_col_rate=dead_col_rate, stuck_cell_rate=stuck_cell_rate
+        variation=linear_twin(
+            VariationConfig(
+                variation_scale=scale,
+                dead_col_rate=dead_col_rate,
+                stuck_cell_rate=stuck_cell_rate,
+                read_noise_sigma_mac=read_noise_sigma_mac,
+            )
         ),
         faults=FaultConfig(p_timeout=p_timeout),
     )

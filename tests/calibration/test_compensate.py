@@ -18,7 +18,7 @@ from app.calibration.pipeline import ALGORITHM_VERSION, ModelContext, compensate
 from app.calibration.signature import Signature
 from bench.oracle import oracle_signature
 from hardware.chip import NetworkProgram, decode_image, map_network
-from hardware.sim.driver import SimulatedDriver
+from hardware.sim.driver import SimulatedDriver, SimulatedFleet
 from tests.calibration.conftest import ADDRESS, SMALL, SMALL_BUDGET, fleet_config
 
 Tiny = tuple[NetworkProgram, NDArray[np.float32], NDArray[np.float32], NDArray[np.int64]]
@@ -137,3 +137,27 @@ def test_stuck_cell_that_disagrees_on_a_busy_row_is_routed_away(ctx: ModelContex
         ECID,
     )
     assert int(comp.image.col_map[tile.macro, 1]) != 1
+
+
+def test_compensation_models_saturation_and_ir_drop_when_the_signature_has_them(
+    ctx: ModelContext, tiny: Tiny
+) -> None:
+    """On a die whose bit lines saturate early and droop with the active rows, the ORACLE signature
+    with those terms gives an image that agrees more with the ideal chip than without them, and
+    predicts its agreement better (the linear model is over-optimistic on such a die)."""
+    program, calib, _, _ = tiny
+    base = fleet_config(1.0)
+    config = replace(base, variation=replace(base.variation, bl_sat_mac=6.0, ir_drop=0.3))
+    drv = SimulatedDriver(fleet=SimulatedFleet(config), noise_seed=4).connect()
+    drv.probe(ADDRESS)
+    linear = compensate(ctx, oracle_signature(config, ADDRESS), ECID)
+    full = compensate(ctx, oracle_signature(config, ADDRESS, nonlinear=True), ECID)
+    assert full.image_bytes != linear.image_bytes
+    agree = {
+        name: float(
+            np.mean(list(measured_layer_agreement(drv, c.image, program, calib[:32], rng=1).values()))
+        )
+        for name, c in (("linear", linear), ("full", full))
+    }
+    assert agree["full"] > agree["linear"], agree
+    assert abs(full.predicted_agreement - agree["full"]) < abs(linear.predicted_agreement - agree["linear"])

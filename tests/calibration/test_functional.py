@@ -65,9 +65,8 @@ def test_functional_test_measures_accuracy_and_tester_time(
     tiny: Tiny, make_driver: Callable[..., SimulatedDriver]
 ) -> None:
     program, _, test, labels = tiny
-    drv = make_driver(
-        0.0, dead_col_rate=0.0, stuck_cell_rate=0.0
-    )  # a perfect die: labels are its predictions
+    # A perfect die (no variation, no read noise): labels are its predictions.
+    drv = make_driver(0.0, dead_col_rate=0.0, stuck_cell_rate=0.0, read_noise_sigma_mac=0.0)
     drv.reset_counters()
     res = functional_test(drv, encode_image(uncalibrated_image(program, SMALL)), test, labels, batch=40)
     assert res.accuracy == 1.0 and res.n == len(labels) == res.n_correct

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -94,3 +95,20 @@ def test_compact_without_cell_errors(signature: Signature) -> None:
     # float16 gain and offset per bit line plus sparse defect lists and a JSON header.
     assert lean.nbytes < 4 * g.n_macros * g.phys_cols + 2000
     assert lean.nbytes < signature.nbytes
+
+
+def test_saturation_and_ir_drop_round_trip_and_are_optional(signature: Signature) -> None:
+    g = SMALL
+    sat = np.full((g.n_macros, g.phys_cols), 24.0, np.float32)
+    sat[0, 0] = np.inf  # a linear bit line is stored as 0
+    nl = replace(signature, bl_sat_mac=sat, ir_drop=np.full(g.n_macros, 0.2, np.float32))
+    back = Signature.from_bytes(nl.to_bytes())
+    assert back == nl and back.bl_sat_mac is not None and back.ir_drop is not None
+    assert back.bl_sat_mac[0, 0] == 0.0 and back.bl_sat_mac[0, 1] == 24.0
+    np.testing.assert_allclose(back.ir_drop, 0.2, rtol=1e-3)
+    assert Signature.from_bytes(signature.to_bytes()).bl_sat_mac is None  # absent stays absent
+    assert len(nl.to_bytes()) > len(signature.to_bytes())
+    with pytest.raises(SignatureFormatError, match="ir_drop"):
+        replace(signature, ir_drop=np.full(g.n_macros, 1.5, np.float32))
+    with pytest.raises(SignatureFormatError, match="bl_sat_mac shape"):
+        replace(signature, bl_sat_mac=np.ones(3, np.float32))

@@ -23,6 +23,9 @@ def test_the_contract_fails_a_broken_driver(cls: type[SimulatedDriver]) -> None:
     assert set(failed) == BROKEN[cls], failed
 
 
-def test_the_contract_passes_the_healthy_simulator_at_the_worst_corner() -> None:
-    """The tolerances hold at variation scale 5.5 (the quality benchmark's worst corner)."""
-    assert failed_checks(lambda: SimulatedDriver(variation_scale=5.5, noise_seed=5), DIE) == {}
+@pytest.mark.parametrize(("corner", "scale"), [("typical", 5.5), ("aggressive", 1.0), ("skewed", 1.0)])
+def test_the_contract_passes_the_healthy_simulator_at_the_worst_corner(corner: str, scale: float) -> None:
+    """The tolerances hold at variation scale 5.5 and at the strongest named corners."""
+    assert (
+        failed_checks(lambda: SimulatedDriver(corner=corner, variation_scale=scale, noise_seed=5), DIE) == {}
+    )
