@@ -159,7 +159,7 @@ def load_digits(
 
 KWS_COMPARISON = "Published: the thesis (2022) lifted 11.96-53.17 % to above 70 %; the follow-up (2023) 58.18 % to 88.58 %. "
 MODELS: dict[str, BenchModel] = {
-    "kws-bnn@1": BenchModel("kws-bnn@1", load_kws, 360, 240, 120, "quality.png", "clips", KWS_COMPARISON),
+    "kws-bnn@1": BenchModel("kws-bnn@1", load_kws, 360, 240, 480, "quality.png", "clips", KWS_COMPARISON),
     "digits-bnn@1": BenchModel(
         "digits-bnn@1", load_digits, None, None, 120, "quality-digits-bnn.png", "images"
     ),

@@ -21,19 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from app.calibration.baselines import (
-    column_scaling_image,
-    finetune_thresholds,
-    offset_only_image,
-    uncalibrated_image,
-)
+from app.calibration.baselines import offset_only_image, two_point_image, uncalibrated_image
 from app.calibration.characterize import characterize
-from app.calibration.compensate import CompensationConfig
+from app.calibration.compensate import CompensationConfig, choose_replicas
+from app.calibration.finetune import FinetuneConfig
 from app.calibration.functional import functional_test
 from app.calibration.pipeline import ModelContext, compensate
+from bench.finetune import finetune_on_die
 from bench.oracle import oracle_for
 from bench.quality_data import BenchData
-from hardware.chip import encode_image
+from hardware.chip import encode_image, execute_network, ideal_readout
 from hardware.driver import DieAddress, Driver
 from hardware.registry import create_driver, driver_class, driver_version, validate_options
 
@@ -70,7 +67,7 @@ class DriverSpec:
     def has_scales(self) -> bool:
         return self.scale_option is not None
 
-    def die_options(self, scale: float | None, die: int) -> dict[str, Any]:
+    def die_options(self, scale: float | str | None, die: int) -> dict[str, Any]:
         fields = driver_class(self.name).Options.model_fields
         opts = dict(self.options)
         if self.name == SIMULATED:
@@ -83,7 +80,7 @@ class DriverSpec:
             opts.setdefault("default_timeout_s", 3600.0)
         return opts
 
-    def build(self, scale: float | None, die: int) -> Driver:
+    def build(self, scale: float | str | None, die: int) -> Driver:
         """A connected driver for die ``die`` of the row at ``scale``."""
         return create_driver(self.name, self.die_options(scale, die)).connect()
 
@@ -103,6 +100,9 @@ def _init_worker(data: BenchData, spec: DriverSpec) -> None:
     _STATE["data"] = data
     _STATE["spec"] = spec
     _STATE["ctx"] = ModelContext.from_bytes(data.stats_bytes, data.program)
+    geometry = spec.build(None, 0).geometry()
+    ideal = uncalibrated_image(data.program, geometry)
+    _STATE["teacher"] = execute_network(ideal, data.tune_x, ideal_readout(ideal.macros, geometry))
 
 
 @contextmanager
@@ -136,7 +136,7 @@ def die_address(scale_index: int, die: int) -> DieAddress:
     return DieAddress(f"QB{scale_index:02d}", 1 + die // 50, int(ring[0]), int(ring[1]))
 
 
-def die_driver(scale: float | None, die: int, spec: DriverSpec | None = None) -> Driver:
+def die_driver(scale: float | str | None, die: int, spec: DriverSpec | None = None) -> Driver:
     """A connected driver for die ``die`` of the row at ``scale`` (the worker's spec by default)."""
     chosen = spec or _STATE.get("spec") or DriverSpec()
     assert isinstance(chosen, DriverSpec)
@@ -149,17 +149,27 @@ def _accuracy(drv: Driver, blob: bytes) -> tuple[float, float]:
     return res.accuracy, res.tester_s
 
 
-def die_task(scale_index: int, scale: float | None, die: int, finetune_evals: int) -> dict[str, Any]:
+def die_task(
+    scale_index: int, scale: float | str | None, die: int, finetune: bool, finetune_budget_ratio: float
+) -> dict[str, Any]:
+    """Every method on one die, all with cimcal's copies of the row tiles and its signature.
+
+    Costs per method: ``<method>_tester_s`` (tester seconds before the functional test, which is the
+    same for every method) and ``<method>_host_s`` (host seconds, the simulated die excluded where
+    the method does not run it).
+    """
     data: BenchData = _STATE["data"]
     ctx: ModelContext = _STATE["ctx"]
     addr = die_address(scale_index, die)
     drv = die_driver(scale, die)
     drv.probe(addr)
     g = drv.geometry()
-    rec: dict[str, Any] = {"scale": scale, "die": die, "ecid": addr.ecid}
+    replicas = choose_replicas(data.program, g, CompensationConfig())
+    rec: dict[str, Any] = {"scale": scale, "die": die, "ecid": addr.ecid, "replicas_all": replicas}
     rec["uncalibrated"], rec["functional_tester_s"] = _accuracy(
-        drv, encode_image(uncalibrated_image(data.program, g))
+        drv, encode_image(uncalibrated_image(data.program, g, replicas=replicas))
     )
+    rec.update(uncalibrated_tester_s=0.0, uncalibrated_host_s=0.0)
     t0 = time.perf_counter()
     char = characterize(drv, rng=np.random.default_rng([FLEET_SEED, scale_index, die]))
     rec["characterize_wall_s"] = time.perf_counter() - t0
@@ -175,41 +185,50 @@ def die_task(scale_index: int, scale: float | None, die: int, finetune_evals: in
         n_stuck_cells=sig.n_stuck_cells,
         has_cell_error=sig.has_cell_error,
     )
-    rec["baseline_a"], _ = _accuracy(drv, encode_image(offset_only_image(data.program, sig)))
-    rec["baseline_b"], _ = _accuracy(drv, encode_image(column_scaling_image(data.program, sig)))
+    for name, make in (("baseline_a", offset_only_image), ("baseline_b", two_point_image)):
+        t0 = time.perf_counter()
+        image = make(data.program, sig, addr.ecid, replicas=replicas)
+        rec[f"{name}_host_s"] = char.compute_s + time.perf_counter() - t0
+        rec[f"{name}_tester_s"] = char.tester_s
+        rec[name], _ = _accuracy(drv, encode_image(image))
     comp = compensate(ctx, sig, addr.ecid)
     rec["cimcal"], rec["cimcal_functional_tester_s"] = _accuracy(drv, comp.image_bytes)
     rec.update(
+        cimcal_tester_s=char.tester_s,
+        cimcal_host_s=char.compute_s + comp.compute_s,
         compensate_s=comp.compute_s,
         predicted_agreement=comp.predicted_agreement,
         replicas=comp.replicas,
         calibratable=comp.calibratable,
     )
-    fast = compensate(ctx, sig, addr.ecid, config=FAST)
-    rec["cimcal_fast"], _ = _accuracy(drv, fast.image_bytes)
-    rec["compensate_fast_s"] = fast.compute_s
     oracle = oracle_for(drv)
     if oracle is not None:
         orc = compensate(ctx, oracle(addr), addr.ecid)  # ORACLE
         rec["oracle"], _ = _accuracy(drv, orc.image_bytes)
-    if finetune_evals > 0:
-        ft = finetune_thresholds(
+    if finetune:
+        ft = finetune_on_die(
             drv,
             data.program,
+            two_point_image(data.program, sig, addr.ecid, replicas=replicas),
             data.tune_x,
             data.tune_y,
-            evaluations=finetune_evals,
-            rng=np.random.default_rng([FLEET_SEED, die]),
-            ecid=addr.ecid,
+            _STATE["teacher"],
+            tester_budget_s=finetune_budget_ratio * char.tester_s,
+            config=FinetuneConfig(),
+            rng=np.random.default_rng([FLEET_SEED, scale_index, die, 7]),
         )
         rec["finetune"], _ = _accuracy(drv, ft.image_bytes)
         rec.update(
-            finetune_tester_s=ft.tester_s, finetune_wall_s=ft.wall_s, finetune_evaluations=ft.evaluations
+            finetune_tester_s=char.tester_s + ft.tester_s,
+            finetune_host_s=char.compute_s + ft.host_s,
+            finetune_passes=ft.passes,
+            finetune_tune_start=ft.start_accuracy,
+            finetune_tune_best=ft.tune_accuracy,
         )
     return rec
 
 
-def budget_task(scale_index: int, scale: float | None, die: int, budget: int) -> dict[str, Any]:
+def budget_task(scale_index: int, scale: float | str | None, die: int, budget: int) -> dict[str, Any]:
     ctx: ModelContext = _STATE["ctx"]
     addr = die_address(scale_index, die)
     drv = die_driver(scale, die)
@@ -241,7 +260,7 @@ ABLATIONS: dict[str, CompensationConfig] = {
 }
 
 
-def ablation_task(scale_index: int, scale: float | None, die: int) -> dict[str, Any]:
+def ablation_task(scale_index: int, scale: float | str | None, die: int) -> dict[str, Any]:
     from app.calibration.characterize import CharacterizationConfig
     from app.calibration.evaluate import measured_layer_agreement
 

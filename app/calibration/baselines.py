@@ -1,167 +1,141 @@
 """Baselines the benchmark compares cimcal with (not used to serve chips).
 
-* Baseline A, offset-only: each channel's threshold shifted by the measured column offsets of its
-  row tiles (what a per-column bias trim does). No gain, no defects, no routing.
-* Baseline B, per-column output scaling, as IBM aihwkit's drift compensation does it: a per-column
-  scale (here the measured column gain, what aihwkit estimates from a reference read) applied
-  digitally, i.e. the threshold scaled by it. No offset, no defects, no routing.
-* Fine-tuning with the die in the loop (what a user would do without a signature): coordinate
-  search on the digital thresholds, scoring each candidate with ``run_network`` on a tuning set,
-  for a fixed number of evaluations.
+Every baseline gets what cimcal gets: the same copies of the model's row tiles on idle macros
+(``replicas``, cimcal's :func:`~app.calibration.compensate.choose_replicas`) and the same signature.
+They differ only in how the per-channel integer thresholds are set; none re-routes columns:
 
-A and B use the same signature as cimcal, so the comparison isolates the compensation method.
+* uncalibrated : the ideal thresholds, scaled to the copies (no trim);
+* A, offset only : the ideal boundary plus the measured column offsets of every tile of the channel
+  (a per-column bias trim);
+* B, gain + offset (the standard two-point trim): each tile's column read as ``gain * sum + offset``,
+  both measured; the boundary of the ideal sum mapped through it. A dead bit line is what a
+  two-point trim measures it to be: gain 0, offset its stuck code.
+
+The periphery compares the digital sum of the codes of a channel's tiles with one integer
+threshold, so a trim can only move that threshold. With ``r`` copies the ideal decision
+``sum_i a_i w_i >= T`` becomes ``sum over tiles of codes >= floor(r * (T - 0.5)) + 1``: the codes
+of every copy add, and the boundary sits half-way between the sums ``T - 1`` and ``T``. A tile of
+a channel whose ``K`` rows are split into row tiles sees, at the boundary, its share of the sum in
+proportion to its rows (``n_rows / K``); a trim without activation statistics has nothing better.
+
+The strong competitor, per-chip fine-tuning of the thresholds, is :mod:`app.calibration.finetune`.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
 import numpy as np
 from numpy.typing import NDArray
 
+from app.calibration.compensate import place_routed, replicated_tiles
 from app.calibration.signature import Signature
 from hardware.chip import (
     ChipGeometry,
     ImageHeader,
     NetworkProgram,
+    Tile,
     WeightImage,
     build_image,
-    encode_image,
     ideal_threshold_codes,
-    map_network,
+    strip_binary_weights,
 )
-from hardware.driver import Driver
+
+F64 = NDArray[np.float64]
 
 
-def uncalibrated_image(program: NetworkProgram, geometry: ChipGeometry, ecid: str = "") -> WeightImage:
-    """The ideal image, as if the die had no variation."""
-    return build_image(
-        program, geometry, ImageHeader(ecid, program.name, program.version, "", "uncalibrated")
-    )
-
-
-def _tile_sums(
-    program: NetworkProgram, signature: Signature, per_col: NDArray[np.float32]
-) -> dict[str, list[NDArray[np.float64]]]:
-    """For each binary layer, the per-row-tile values (Cout,) of a (n_macros, phys_cols) quantity."""
-    g = signature.geometry
-    out: dict[str, list[NDArray[np.float64]]] = {}
-    for t in map_network(program, g):
-        layer = program.layer(t.layer)
-        parts = out.setdefault(t.layer, [np.zeros(layer.n_out) for _ in range(-(-layer.n_rows // g.rows))])
-        parts[t.row_tile][t.col_start : t.col_start + t.n_cols] = per_col[t.macro, : t.n_cols]
-    return out
-
-
-def offset_only_image(program: NetworkProgram, signature: Signature, ecid: str = "") -> WeightImage:
-    """Baseline A: threshold + sum of the measured column offsets of the channel's row tiles."""
-    g = signature.geometry
-    ideal = ideal_threshold_codes(program, g)
-    offs = _tile_sums(program, signature, signature.offset_mac)
-    thr = {
-        name: np.rint(ideal[name] + np.sum(offs[name], axis=0) / g.adc_lsb_mac).astype(np.int32)
-        for name in ideal
-    }
-    return build_image(
-        program,
-        g,
-        ImageHeader(ecid, program.name, program.version, signature.sha256, "baseline-A-offset"),
-        thresholds=thr,
-    )
-
-
-def column_scaling_image(program: NetworkProgram, signature: Signature, ecid: str = "") -> WeightImage:
-    """Baseline B: threshold scaled by the mean measured gain of the channel's row tiles (no offset)."""
-    g = signature.geometry
-    ideal = ideal_threshold_codes(program, g)
-    gains = _tile_sums(program, signature, signature.gain)
-    thr = {}
-    for name, t_ideal in ideal.items():
-        gain = np.mean(gains[name], axis=0)
-        gain = np.where(gain > 0.05, gain, 1.0)  # a dead column has no gain to undo
-        thr[name] = np.rint(gain * (t_ideal - 0.5) + 0.5).astype(np.int32)
-    return build_image(
-        program,
-        g,
-        ImageHeader(ecid, program.name, program.version, signature.sha256, "baseline-B-scale"),
-        thresholds=thr,
-    )
-
-
-@dataclass(frozen=True)
-class FinetuneResult:
-    """Die-in-the-loop threshold search: the image it settled on and what the search cost."""
-
-    image: WeightImage
-    image_bytes: bytes
-    tune_accuracy: float
-    evaluations: int
-    tester_s: float
-    wall_s: float
-
-
-def finetune_thresholds(
-    driver: Driver,
+def replicated_image(
     program: NetworkProgram,
-    features: NDArray[np.float32],
-    labels: NDArray[np.integer],
-    *,
-    evaluations: int = 40,
-    layer_steps: tuple[int, ...] = (-3, -2, -1, 1, 2, 3),
-    channels_per_move: int = 8,
-    rng: np.random.Generator | int | None = None,
-    ecid: str = "",
-) -> FinetuneResult:
-    """Greedy search on the thresholds of the die under the probe, ``evaluations`` network runs.
-
-    First a per-layer common shift (coordinate search over ``layer_steps``), then random moves of
-    ``channels_per_move`` channels of one layer by +-1, kept when the tuning accuracy improves.
-    ``features`` (N, C, H, W) float32 / ``labels`` (N,) are the tuning set (not the test set).
-    """
-    gen = np.random.default_rng(rng)
-    g = driver.geometry()
-    base = uncalibrated_image(program, g, ecid)
-    thr = {k: v.copy() for k, v in base.thresholds.items()}
-    x = np.asarray(features, dtype=np.float32)
-    y = np.asarray(labels).astype(np.int64)
-    t0, s0 = time.perf_counter(), driver.tester_time_s
-    used = 0
-
-    def score(cand: dict[str, NDArray[np.int32]]) -> float:
-        nonlocal used
-        used += 1
-        image = build_image(program, g, base.header, thresholds=cand)
-        driver.program_image(encode_image(image))
-        pred = driver.run_network(x).argmax(axis=1)
-        return float((pred == y).mean())
-
-    best = score(thr)
-    names = list(thr)
-    for name in names:
-        for step in layer_steps:
-            if used >= evaluations:
-                break
-            cand = {**thr, name: thr[name] + np.int32(step)}
-            acc = score(cand)
-            if acc > best:
-                best, thr = acc, cand
-    while used < evaluations:
-        name = names[int(gen.integers(len(names)))]
-        n_out = thr[name].shape[0]
-        pick = gen.choice(n_out, size=min(channels_per_move, n_out), replace=False)
-        delta = np.zeros(n_out, np.int32)
-        delta[pick] = gen.choice(np.array([-1, 1], np.int32), size=pick.size)
-        cand = {**thr, name: thr[name] + delta}
-        acc = score(cand)
-        if acc > best:
-            best, thr = acc, cand
-    image = build_image(program, g, base.header, thresholds=thr)
-    return FinetuneResult(
-        image=image,
-        image_bytes=encode_image(image),
-        tune_accuracy=best,
-        evaluations=used,
-        tester_s=driver.tester_time_s - s0,
-        wall_s=time.perf_counter() - t0,
+    geometry: ChipGeometry,
+    header: ImageHeader,
+    replicas: int,
+    thresholds: dict[str, NDArray[np.int32]],
+) -> WeightImage:
+    """The model's weights in ``replicas`` copies (identity column routing) with ``thresholds``."""
+    tiles = replicated_tiles(program, geometry, replicas)
+    col_map = np.tile(np.arange(geometry.cols, dtype=np.int16), (geometry.n_macros, 1))
+    image = WeightImage(
+        header=header,
+        geometry=geometry,
+        program=strip_binary_weights(program),
+        tiles=tiles,
+        macros=place_routed(program, tiles, col_map, geometry),
+        col_map=col_map,
+        thresholds={k: np.asarray(v, dtype=np.int32) for k, v in thresholds.items()},
     )
+    image.validate()
+    return image
+
+
+def _header(program: NetworkProgram, ecid: str, signature_hash: str, algorithm: str) -> ImageHeader:
+    return ImageHeader(ecid, program.name, program.version, signature_hash, algorithm)
+
+
+def boundary_thresholds(
+    program: NetworkProgram,
+    geometry: ChipGeometry,
+    tiles: tuple[Tile, ...],
+    gain: NDArray[np.floating],
+    offset_code: NDArray[np.floating],
+) -> dict[str, NDArray[np.int32]]:
+    """Thresholds (per binary layer, (Cout,) int32) that put each channel's decision at the ideal
+    boundary ``T - 0.5`` mapped through every tile's linear column model ``gain * sum + offset``.
+
+    gain, offset_code : ndarray (n_macros, phys_cols): per physical bit line, the ratio and the
+                        offset in ADC codes (column routing is the identity)
+    """
+    ideal = ideal_threshold_codes(program, geometry)
+    expected: dict[str, F64] = {name: np.zeros(t.shape, np.float64) for name, t in ideal.items()}
+    for t in tiles:
+        layer = program.layer(t.layer)
+        cols = slice(t.col_start, t.col_start + t.n_cols)
+        share = (ideal[t.layer][cols].astype(np.float64) - 0.5) * t.n_rows / layer.n_rows
+        expected[t.layer][cols] += (
+            gain[t.macro, : t.n_cols].astype(np.float64) * share + offset_code[t.macro, : t.n_cols]
+        )
+    return {name: (np.floor(v) + 1).astype(np.int32) for name, v in expected.items()}
+
+
+def uncalibrated_image(
+    program: NetworkProgram, geometry: ChipGeometry, ecid: str = "", *, replicas: int = 1
+) -> WeightImage:
+    """The ideal image, as if the die had no variation (``replicas`` copies of every row tile)."""
+    header = _header(program, ecid, "", "uncalibrated")
+    if replicas == 1:
+        return build_image(program, geometry, header)
+    tiles = replicated_tiles(program, geometry, replicas)
+    shape = (geometry.n_macros, geometry.phys_cols)
+    thr = boundary_thresholds(program, geometry, tiles, np.ones(shape), np.zeros(shape))
+    return replicated_image(program, geometry, header, replicas, thr)
+
+
+def offset_only_image(
+    program: NetworkProgram, signature: Signature, ecid: str = "", *, replicas: int = 1
+) -> WeightImage:
+    """Baseline A: the ideal boundary plus the measured column offsets of the channel's tiles."""
+    g = signature.geometry
+    tiles = replicated_tiles(program, g, replicas)
+    offset = signature.offset_mac.astype(np.float64) / g.adc_lsb_mac
+    thr = boundary_thresholds(program, g, tiles, np.ones(offset.shape), offset)
+    header = _header(program, ecid, signature.sha256, "baseline-A-offset")
+    return replicated_image(program, g, header, replicas, thr)
+
+
+def two_point_trim(signature: Signature) -> tuple[F64, F64]:
+    """Per bit line (n_macros, phys_cols): the measured gain and offset in codes, a dead bit line
+    read as gain 0 and offset its stuck code."""
+    g = signature.geometry
+    dead = signature.dead_cols
+    gain = np.where(dead, 0.0, signature.gain.astype(np.float64))
+    offset = np.where(dead, signature.dead_code.astype(np.float64), signature.offset_mac / g.adc_lsb_mac)
+    return gain, offset
+
+
+def two_point_image(
+    program: NetworkProgram, signature: Signature, ecid: str = "", *, replicas: int = 1
+) -> WeightImage:
+    """Baseline B: the standard two-point trim (gain and offset per column) of every tile."""
+    g = signature.geometry
+    tiles = replicated_tiles(program, g, replicas)
+    gain, offset = two_point_trim(signature)
+    thr = boundary_thresholds(program, g, tiles, gain, offset)
+    header = _header(program, ecid, signature.sha256, "baseline-B-two-point")
+    return replicated_image(program, g, header, replicas, thr)

@@ -8,11 +8,12 @@ import pytest
 
 from app.calibration.signature import Signature
 from bench.oracle import oracle_for
-from bench.quality import _row_scales
+from bench.quality import _row_scales, _simulated_option, default_settings
 from bench.quality_dies import DriverSpec
 from bench.quality_report import METHODS, render_section, summarize, write_figure, write_markdown
 from hardware.driver import DieAddress
 from hardware.registry import DriverOptionsError
+from hardware.sim.corners import CORNERS
 from hardware.sim.driver import SimulatedDriver
 from hardware.sim.oracle import oracle_fleet_config
 from tests.vendor_driver.driver import VendorDriver
@@ -42,8 +43,19 @@ def test_a_spec_without_a_scale_option_has_one_row() -> None:
 def test_bad_driver_options_are_refused_before_any_die_runs() -> None:
     with pytest.raises(DriverOptionsError, match="nope"):
         DriverSpec("simulated", {"nope": 1})
-    with pytest.raises(ValueError, match="no option 'temperature_c'"):
-        DriverSpec("simulated", {}, "temperature_c")
+    with pytest.raises(ValueError, match="no option 'nope'"):
+        DriverSpec("simulated", {}, "nope")
+
+
+def test_the_simulated_fleet_runs_one_row_per_named_corner_by_default() -> None:
+    assert _simulated_option(None) == "corner" and _simulated_option([2.5]) == "variation_scale"
+    spec = DriverSpec("simulated", {}, "corner")
+    assert default_settings(spec) == tuple(CORNERS) and len(CORNERS) >= 3
+    assert _row_scales(spec, None, default_settings(spec)) == tuple(CORNERS)
+    assert spec.die_options("slow", 1)["corner"] == "slow"
+    assert spec.build("aggressive", 0).info().extra["corner"] == "aggressive"
+    with pytest.raises(ValueError, match="unknown process corner"):
+        spec.build("nope", 0)
 
 
 def test_only_a_driver_that_offers_one_has_an_oracle() -> None:
@@ -72,7 +84,6 @@ def _record(die: int, acc: float) -> dict[str, object]:
         characterize_tester_s=0.44,
         characterize_compute_s=0.5,
         compensate_s=0.07,
-        compensate_fast_s=0.04,
         signature_bytes=288_000,
         functional_tester_s=0.08,
         cimcal_functional_tester_s=0.08,
@@ -115,7 +126,7 @@ def test_a_run_without_oracle_and_scales_reports_one_row_without_an_oracle_colum
     text = "\n".join(render_section(result))
     assert "## `m@1 on vendor`" in text and "offers no oracle" in text
     assert (
-        "| configuration | dies | ideal chip | uncalibrated | A: offset only | B: column scaling | cimcal | cimcal fast path |\n"
+        "| configuration | dies | ideal chip | uncalibrated | A: offset only | B: two-point trim | fine-tuning | cimcal |\n"
         in text
     )
     assert "| - | 2 | 98.0 | 48.0 / 48.0 |" in text

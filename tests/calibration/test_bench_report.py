@@ -5,22 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.quality_report import METHODS, summarize, write_figure, write_markdown
+from bench.quality_report import METHODS, render_section, summarize, write_figure, write_markdown
 
 
-def _record(scale: float, die: int, acc: float) -> dict[str, object]:
+def _record(scale: float | str, die: int, acc: float) -> dict[str, object]:
     rec: dict[str, object] = {m: acc for m in METHODS}
+    for m in METHODS:
+        rec[f"{m}_tester_s"], rec[f"{m}_host_s"] = 0.262, 1.0
     rec.update(
         scale=scale,
         die=die,
         uncalibrated=acc / 2,
+        baseline_a=acc - 0.1,
+        baseline_b=acc - 0.03 - 0.01 * die,
+        finetune=acc - 0.05,
+        finetune_tester_s=2.4,
         read_vectors=131072,
         reads=64,
         writes=64,
         characterize_tester_s=0.262,
         characterize_compute_s=0.6,
         compensate_s=0.2,
-        compensate_fast_s=0.02,
         signature_bytes=290_000,
         functional_tester_s=0.01,
         cimcal_functional_tester_s=0.07,
@@ -29,8 +34,6 @@ def _record(scale: float, die: int, acc: float) -> dict[str, object]:
         n_stuck_cells=100,
         calibratable=True,
     )
-    if die == 0:
-        rec.update(finetune=acc * 0.9, finetune_tester_s=0.5, finetune_wall_s=30.0)
     return rec
 
 
@@ -38,7 +41,11 @@ def test_summary_markdown_and_figure(tmp_path: Path) -> None:
     records = [_record(s, d, 0.8 - 0.1 * s) for s in (1.0, 2.0) for d in range(3)]
     rows = summarize(records, ideal=0.9)
     assert [r["scale"] for r in rows] == [1.0, 2.0]
-    assert abs(rows[0]["uncalibrated"]["mean"] - 0.35) < 1e-9 and rows[0]["finetune"]["n"] == 1
+    assert abs(rows[0]["uncalibrated"]["mean"] - 0.35) < 1e-9 and rows[0]["finetune"]["n"] == 3
+    # cimcal 0.7 on every die; the best competitor B: 0.66 mean, 0.65 worst die; ideal 0.9
+    assert rows[0]["best_baseline"] == "baseline_b"
+    assert abs(rows[0]["margin_mean"] - 0.04) < 1e-9 and abs(rows[0]["margin_min"] - 0.05) < 1e-9
+    assert abs(rows[0]["cimcal_gap_mean"] - 0.2) < 1e-9 and rows[0]["meets_target"] is False
     result = {
         "config": {
             "command": "python -m bench.quality --dies 3",
@@ -50,8 +57,8 @@ def test_summary_markdown_and_figure(tmp_path: Path) -> None:
             "calib_clips": 240,
             "tune_clips": 120,
             "budget": 131072,
-            "finetune_evals": 40,
-            "finetune_dies": 1,
+            "finetune_budget_ratio": 10,
+            "finetune_dies": 3,
             "budget_scale": 2.0,
             "budget_dies": 2,
             "n_macros": 32,
@@ -74,7 +81,10 @@ def test_summary_markdown_and_figure(tmp_path: Path) -> None:
     write_markdown(result, md)
     write_figure(result, png)
     text = md.read_text()
-    assert "| 1 | 3 | 90.0 | 35.0 / 35.0 |" in text and "fine-tuning" in text and "8192" in text
+    assert "| 1 | 3 | 90.0 | 35.0 / 35.0 | 60.0 / 60.0 | 66.0 / 65.0 | 65.0 / 65.0 | 70.0 / 70.0 |" in text
+    assert "| 1 | B: two-point trim | 66.0 | 70.0 | +4.0 | +5.0 | 20.0 | 20.0 | no |" in text
+    assert "| 1 | 0.26 / 1.0 | 0.26 / 1.0 | 0.26 / 1.0 | 2.40 / 1.0 | 0.26 / 1.0 | 0.26 / 1.0 |" in text
+    assert "Fine-tuning used 9.2-9.2x cimcal's tester seconds" in text and "8192" in text
     assert png.stat().st_size > 10_000
 
 
@@ -92,8 +102,7 @@ def test_markdown_keeps_one_section_per_model(tmp_path: Path) -> None:
             "calib_clips": 269,
             "tune_clips": 120,
             "budget": 131072,
-            "finetune_evals": 40,
-            "finetune_dies": 1,
+            "finetune_dies": 2,
             "data_note": f"Data of {model}.",
             "figure": f"quality-{model}.png",
         }
@@ -111,3 +120,31 @@ def test_markdown_keeps_one_section_per_model(tmp_path: Path) -> None:
     assert text.index("## `a@1`") < text.index("## `b@1`")
     assert "| 1 | 2 | 70.0 |" in text and "| 1 | 2 | 80.0 |" not in text and "| 1 | 2 | 90.0 |" in text
     assert "Data of b@1." in text and "(quality-a@1.png)" in text
+
+
+def test_corner_rows_keep_the_order_they_ran_in(tmp_path: Path) -> None:
+    records = [_record(c, d, 0.88) for c in ("typical", "slow", "aggressive") for d in range(2)]
+    rows = summarize(records, ideal=0.89)
+    assert [r["scale"] for r in rows] == ["typical", "slow", "aggressive"]
+    assert all(r["meets_target"] for r in rows)  # 1 point below the ideal chip on every die
+    result = {
+        "config": {
+            "command": "python -m bench.quality --dies 2",
+            "workers": 2,
+            "model": "m@1",
+            "software_accuracy": 0.9,
+            "ideal_accuracy": 0.89,
+            "test_clips": 360,
+            "calib_clips": 240,
+            "tune_clips": 480,
+            "budget": 131072,
+            "driver": {"name": "simulated", "options": {}, "scale_option": "corner"},
+        },
+        "summary": rows,
+        "elapsed_s": 60.0,
+    }
+    text = "\n".join(render_section(result))
+    assert "### Accuracy by `corner`" in text and "| slow | 2 | 89.0 |" in text
+    png = tmp_path / "q.png"
+    write_figure(result, png)
+    assert png.stat().st_size > 10_000

@@ -179,7 +179,9 @@ def test_the_quality_benchmark_runs_on_the_vendor_driver(vendor_site: Path, tmp_
     }
     (row,) = result["summary"]
     assert row["scale"] is None and "oracle" not in row
-    assert row["cimcal"]["mean"] >= 0.93 and row["uncalibrated"]["mean"] <= row["cimcal"]["mean"] - 0.2, row
+    # uncalibrated runs on cimcal's tile copies too (fair baselines): they average noise, not the trim
+    assert row["cimcal"]["mean"] >= 0.93 and row["uncalibrated"]["mean"] <= row["cimcal"]["mean"] - 0.1, row
+    assert "finetune" not in row and row["baseline_b"]["mean"] > row["uncalibrated"]["mean"], row
     assert "## `digits-bnn@1 on vendor`" in out.stdout and "ORACLE |" not in out.stdout
 
 
