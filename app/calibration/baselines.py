@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from app.calibration.compensate import place_routed, replicated_tiles
+from app.calibration.compensation.layout import place_routed, replicated_tiles
 from app.calibration.signature import Signature
 from hardware.chip import (
     ChipGeometry,
