@@ -34,7 +34,7 @@ REFLECTION = frozenset({"vars", "__getattribute__", "getmembers", "get_referents
 ALLOWED_DYNAMIC_IMPORTS = {
     # `cimcal bench NAME` runs bench/NAME.py from a source checkout (an offline benchmark, which
     # may use the ORACLE column); it is not a path that serves a chip.
-    ("app/cli.py", "_run_bench"),
+    ("app/cli/offline.py", "_run_bench"),
     # CIMCAL_JOB_STEPS: an operator-named `module:function` of step functions (tests' job steps).
     ("app/jobs/celery_app.py", "load_steps"),
 }
