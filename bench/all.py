@@ -1,7 +1,8 @@
 """Every figure of issue 12 in one run: ``cimcal bench`` (or ``python -m bench.all``).
 
     cimcal bench [--dies 8] [--lot-dies 256] [--device cpu|cuda] [--workers N]
-                 [--wafers 2] [--dies-per-wafer 12] [--celery 1,2] [--clients 64] [--requests 4000]
+                 [--wafers 2] [--dies-per-wafer 12] [--celery 1,2]
+                 [--clients 64] [--api-seconds 10] [--api-rounds 2]
                  [--skip api,celery,...] [--seed 0] [--json PATH]
 
 Prints host ms per die (estimate / compensate / bookkeeping), tester s per die (characterization,
@@ -10,19 +11,17 @@ system: the local runner and 1 and 2 Celery workers at ``CIMCAL_BROKER_URL``), l
 dies/s (synthetic stored signatures, extrapolated to 12,500 dies unless ``--lot-dies 12500``), and
 the cached image GET against ``/healthz``: throughput and p99 ratios.
 
-Each part calls the benchmark that owns it when this checkout has it (``bench.characterize.measure``
-for estimation, ``bench.api.measure`` for serving); otherwise it measures what the current code
-offers and says so in the row. Defaults keep the run to a few minutes on two cores.
+Each part calls the benchmark that owns it (``bench.characterize.measure`` for estimation,
+``bench.api.measure`` for serving, ``bench.throughput`` end to end, ``bench.compensate`` for the lot).
+Defaults keep the run to a few minutes on two cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,70 +63,12 @@ def throughput_part(args: argparse.Namespace, celery: str) -> list[dict[str, Any
     return rows
 
 
-def api_part(clients: int, requests: int) -> dict[str, Any]:
-    measure = _owned("bench.api")
-    if measure is not None:
-        result: dict[str, Any] = measure(clients=clients, requests=requests)
-        return result
-    return {**_api_fallback(clients, requests), "note": "bench.api.measure absent: httpx client of bench.api"}
+def api_part(clients: int, seconds: float, rounds: int) -> dict[str, Any]:
+    """Cached image GET against ``/healthz``, side by side on one server with locust (bench.api)."""
+    from bench.api import measure
 
-
-def _api_fallback(clients: int, requests: int) -> dict[str, Any]:
-    """Cached image GET and /healthz side by side on one ``cimcal serve`` with bench.api's httpx load."""
-    import secrets
-
-    import httpx
-
-    from bench.api import _free_port, _load
-
-    tmp = Path(tempfile.mkdtemp(prefix="cimcal-bench-api-"))
-    port, admin = _free_port(), "cimcal_bench_" + secrets.token_urlsafe(24)
-    env = {
-        **os.environ,
-        "CIMCAL_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
-        "CIMCAL_IMAGE_STORE_DIR": str(tmp / "images"),
-        "CIMCAL_BOOTSTRAP_ADMIN_KEY": admin,
-    }
-    cmd = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with (tmp / "server.log").open("wb") as log:
-        server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    base, h = f"http://127.0.0.1:{port}", {"X-API-Key": admin}
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"the server did not start (log {tmp / 'server.log'})")
-            time.sleep(0.3)
-        with httpx.Client(base_url=base, headers=h, timeout=600) as c:
-            lot = {"lot_id": "BAPI", "product": "KWS", "wafers": [{"number": 1, "sites": [[0, 0]]}]}
-            c.post("/v1/lots", json=lot).raise_for_status()
-            first = c.get("/v1/models").json()["items"][0]
-            ref = f"{first['name']}@{first['version']}"
-            c.post("/v1/dies/BAPI-W01-X+000Y+000/characterize", json={}).raise_for_status()
-            c.get("/v1/chips/BAPI-W01-X+000Y+000/image", params={"model": ref}).raise_for_status()
-        image = asyncio.run(
-            _load(f"{base}/v1/chips/BAPI-W01-X+000Y+000/image?model={ref}", h, clients, requests, 200)
-        )
-        health = asyncio.run(_load(f"{base}/healthz", h, clients, requests, 200))
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-    return {
-        "image_rps": image["requests_per_s"],
-        "healthz_rps": health["requests_per_s"],
-        "rps_ratio": image["requests_per_s"] / health["requests_per_s"],
-        "image_p99_ms": image["p99_ms"],
-        "healthz_p99_ms": health["p99_ms"],
-        "p99_ratio": image["p99_ms"] / health["p99_ms"],
-    }
+    result: dict[str, Any] = measure(clients=clients, seconds=seconds, rounds=rounds)
+    return result
 
 
 def _row(label: str, value: float | None, unit: str, target: str = "", note: str = "") -> str:
@@ -217,7 +158,7 @@ def report(r: dict[str, Any]) -> list[str]:
     api = r.get("api")
     if api is not None:
         lines.append(
-            _row("image GET / healthz throughput", api["rps_ratio"], "x", ">= 0.9", api.get("note", ""))
+            _row("image GET / healthz throughput", api["rps_ratio"], "x", ">= 0.9")
         )
         lines.append(_row("image GET / healthz p99", api["p99_ratio"], "x", "<= 2"))
     return lines
@@ -236,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dies-per-wafer", type=int, default=12)
     ap.add_argument("--celery", default="1,2")
     ap.add_argument("--clients", type=int, default=64)
-    ap.add_argument("--requests", type=int, default=4000)
+    ap.add_argument("--api-seconds", type=float, default=10.0, help="locust seconds per route and round")
+    ap.add_argument("--api-rounds", type=int, default=2, help="rounds of the two routes, order alternated")
     ap.add_argument("--skip", default="", help=f"parts to leave out, of {','.join(PARTS)}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
@@ -259,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if "local" not in skip or "celery" not in skip:
         r["throughput"] = throughput_part(a, "" if "celery" in skip else a.celery)
     if "api" not in skip:
-        r["api"] = api_part(a.clients, a.requests)
+        r["api"] = api_part(a.clients, a.api_seconds, a.api_rounds)
     r["wall_s"] = time.perf_counter() - t0
     print()
     print("\n".join(report(r)))
