@@ -19,7 +19,6 @@ Defaults keep the run to a few minutes on two cores.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -31,18 +30,9 @@ from typing import Any
 PARTS = ("estimate", "compensate", "lot", "local", "celery", "api")
 
 
-def _owned(module: str) -> Any | None:
-    """``module.measure`` when the benchmark that owns the figure exists in this checkout."""
-    try:
-        return getattr(importlib.import_module(module), "measure", None)
-    except ImportError:
-        return None
+def estimate_part(seed: int) -> dict[str, Any]:
+    from bench.characterize import measure
 
-
-def estimate_part(seed: int) -> dict[str, Any] | None:
-    measure = _owned("bench.characterize")
-    if measure is None:
-        return None
     result: dict[str, Any] = measure(seed=seed)
     return result
 
@@ -97,7 +87,7 @@ def report(r: dict[str, Any]) -> list[str]:
                 comp["characterize_host_ms_median (simulator + estimation)"],
                 "ms CPU",
                 "",
-                "no bench.characterize here: estimation not split from the simulator",
+                "estimate part skipped: estimation not split from the simulator",
             )
         )
     if comp is not None:
